@@ -1,0 +1,358 @@
+// Package proxier turns the Services and endpoints that package endpoints keeps
+// into IPVS virtual servers and addresses on a dummy link.
+//
+// The work is split in pure steps: BuildService/BuildModel compute what is wanted
+// (no kernel, no clock), Reconcile diffs it against the observed kernel state and
+// yields a Plan, and Apply runs the plan. Proxier ties them to a bounded-frequency
+// Runner and keeps the state that makes incremental syncs cheap.
+package proxier
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kipvs/kipvs/endpoints"
+	"github.com/kipvs/kipvs/ipvs"
+)
+
+// SchedulerAnnotation lets a Service choose its IPVS scheduler (one of
+// ipvs.Schedulers), overriding Config.Scheduler.
+const SchedulerAnnotation = "kipvs.io/scheduler"
+
+// defaultScheduler is used when Config.Scheduler is empty, as kube-proxy does.
+const defaultScheduler = "rr"
+
+// NodeInfo is what the model needs to know about this node.
+type NodeInfo struct {
+	endpoints.Node
+	// IPs are the node addresses that get NodePort virtual servers, already
+	// filtered by the caller (nodePortAddresses, no loopback, no link-local).
+	IPs []netip.Addr
+	// LocalAddrs are every local address not on the dummy link. An ExternalIP or
+	// LoadBalancer IP that is local is not bound to the dummy link (kube-proxy does
+	// the same): the address already routes to this host.
+	LocalAddrs []netip.Addr
+}
+
+// isLocal reports whether a is one of the node's own addresses.
+func (n *NodeInfo) isLocal(a netip.Addr) bool {
+	return slices.Contains(n.IPs, a) || slices.Contains(n.LocalAddrs, a)
+}
+
+// Kind says which Service field a virtual server comes from.
+type Kind uint8
+
+// The kinds of virtual servers a Service port produces.
+const (
+	KindClusterIP Kind = iota
+	KindNodePort
+	KindExternalIP
+	KindLoadBalancer
+)
+
+// String names the kind as Kubernetes does.
+func (k Kind) String() string {
+	switch k {
+	case KindClusterIP:
+		return "clusterIP"
+	case KindNodePort:
+		return "nodePort"
+	case KindExternalIP:
+		return "externalIP"
+	case KindLoadBalancer:
+		return "loadBalancer"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// DesiredVirtualServer is one virtual server kipvs wants, with its real servers.
+// RealServers may be shared by several virtual servers of the same Service port
+// and family: treat it as read-only.
+type DesiredVirtualServer struct {
+	VirtualServer ipvs.VirtualServer
+	RealServers   map[ipvs.RealServerKey]ipvs.RealServer
+	// Port is the Service port this virtual server serves.
+	Port endpoints.ServicePortName
+	Kind Kind
+}
+
+// ServiceModel is everything one Service wants in the kernel.
+type ServiceModel struct {
+	Name types.NamespacedName
+	// VirtualServers are the wanted virtual servers, keyed by their key.
+	VirtualServers map[ipvs.VirtualServerKey]*DesiredVirtualServer
+	// Addresses are the VIPs this Service needs bound to the dummy link, sorted.
+	Addresses []netip.Addr
+	// Err is a Service-scoped problem (invalid Service, unknown scheduler, a
+	// virtual server claimed by another Service). It names the Service and the reason.
+	Err error
+}
+
+// Model is the desired state of every Service, after conflicts between Services
+// were resolved.
+type Model struct {
+	Services map[types.NamespacedName]*ServiceModel
+}
+
+// BuildModel builds every Service's model and resolves virtual servers claimed by
+// more than one Service: the first Service by namespace/name keeps the key, the
+// others lose it and carry an Err naming both.
+func BuildModel(services endpoints.ServiceMap, eps endpoints.EndpointsMap, node NodeInfo, cfg Config) Model {
+	raw := make(map[types.NamespacedName]*ServiceModel, len(services))
+	c := make(claims, len(services))
+	for name, svc := range services {
+		sm := BuildService(svc, eps, node, cfg)
+		raw[name] = &sm
+		c.add(&sm)
+	}
+	m := Model{Services: make(map[types.NamespacedName]*ServiceModel, len(raw))}
+	for name, sm := range raw {
+		m.Services[name] = c.resolve(sm)
+	}
+	return m
+}
+
+// BuildService computes what one Service wants: for each port a virtual server on
+// every ClusterIP, ExternalIP and LoadBalancer IP, and one per node IP for its
+// NodePort, each with the port's usable endpoints of the same address family as
+// real servers (weight 1). VIPs inside cfg.ExcludeCIDRs are skipped.
+func BuildService(svc *endpoints.Service, eps endpoints.EndpointsMap, node NodeInfo, cfg Config) ServiceModel {
+	sm := ServiceModel{Name: svc.Name}
+	if svc.Err != nil {
+		sm.Err = fmt.Errorf("service %s: %w", svc.Name, svc.Err)
+		return sm
+	}
+	sched := cfg.Scheduler
+	if sched == "" {
+		sched = defaultScheduler
+	}
+	if a, ok := svc.Annotations[SchedulerAnnotation]; ok {
+		if !ipvs.ValidScheduler(a) {
+			sm.Err = fmt.Errorf("service %s: unknown IPVS scheduler %q in annotation %s (valid: %s)",
+				svc.Name, a, SchedulerAnnotation, strings.Join(ipvs.Schedulers, ", "))
+			return sm
+		}
+		sched = a
+	}
+	b := serviceBuilder{sm: &sm, node: &node, cfg: &cfg, sched: sched}
+	for _, sp := range svc.Ports {
+		if err := b.addPort(sp, eps[sp.Name]); err != nil {
+			return ServiceModel{Name: svc.Name, Err: fmt.Errorf("service %s: %w", svc.Name, err)}
+		}
+	}
+	slices.SortFunc(sm.Addresses, netip.Addr.Compare)
+	sm.Addresses = slices.Compact(sm.Addresses)
+	return sm
+}
+
+// serviceBuilder accumulates one Service's virtual servers.
+type serviceBuilder struct {
+	sm    *ServiceModel
+	node  *NodeInfo
+	cfg   *Config
+	sched string
+}
+
+// addPort adds the virtual servers of one Service port.
+func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.Endpoint) error {
+	proto, err := ipvs.ParseProtocol(string(sp.Protocol))
+	if err != nil {
+		return fmt.Errorf("port %s: %w", sp.Name, err)
+	}
+	vs := ipvs.VirtualServer{Scheduler: b.sched}
+	if sp.StickyMaxAgeSeconds > 0 {
+		vs.Flags |= ipvs.FlagPersistent
+		vs.Timeout = sp.StickyMaxAgeSeconds
+	}
+	if b.sched == "mh" {
+		// kube-proxy sets its FlagSourceHash (0x10, IP_VS_SVC_F_SCHED2) for mh so that
+		// the source port is hashed too; matching it keeps a takeover write-free.
+		vs.Flags |= ipvs.FlagSHPort
+	}
+	sel := selectEndpoints(sp, eps, b.node)
+	var internal, external rsCache
+	add := func(kind Kind, addr netip.Addr, port uint16, rs *rsCache, set []*endpoints.Endpoint) {
+		if !addr.IsValid() || excluded(addr, b.cfg.ExcludeCIDRs) {
+			return
+		}
+		addr = addr.Unmap()
+		v := vs
+		v.VirtualServerKey = ipvs.VirtualServerKey{Address: addr, Protocol: proto, Port: port}
+		if _, dup := b.sm.VirtualServers[v.VirtualServerKey]; dup {
+			return
+		}
+		if b.sm.VirtualServers == nil {
+			b.sm.VirtualServers = make(map[ipvs.VirtualServerKey]*DesiredVirtualServer, 4)
+		}
+		b.sm.VirtualServers[v.VirtualServerKey] = &DesiredVirtualServer{
+			VirtualServer: v, RealServers: rs.get(set, addr.Is6()), Port: sp.Name, Kind: kind,
+		}
+		if kind != KindNodePort && !b.node.isLocal(addr) {
+			b.sm.Addresses = append(b.sm.Addresses, addr)
+		}
+	}
+	for _, ip := range sp.ClusterIPs {
+		add(KindClusterIP, ip, sp.Port, &internal, sel.internal)
+	}
+	for _, ip := range sp.ExternalIPs {
+		add(KindExternalIP, ip, sp.Port, &external, sel.external)
+	}
+	for _, ip := range sp.LoadBalancerIPs {
+		add(KindLoadBalancer, ip, sp.Port, &external, sel.external)
+	}
+	if sp.NodePort != 0 {
+		for _, ip := range b.node.IPs {
+			add(KindNodePort, ip, sp.NodePort, &external, sel.external)
+		}
+	}
+	return nil
+}
+
+// rsCache builds a port's real-server set once per address family, so that every
+// virtual server of the port shares it.
+type rsCache struct {
+	v4, v6         map[ipvs.RealServerKey]ipvs.RealServer
+	haveV4, haveV6 bool
+}
+
+// get returns the real servers of family is6 from set.
+func (c *rsCache) get(set []*endpoints.Endpoint, is6 bool) map[ipvs.RealServerKey]ipvs.RealServer {
+	m, have := &c.v4, &c.haveV4
+	if is6 {
+		m, have = &c.v6, &c.haveV6
+	}
+	if !*have {
+		*m = realServers(set, is6)
+		*have = true
+	}
+	return *m
+}
+
+// realServers turns endpoints of one family into weight-1 real servers.
+func realServers(set []*endpoints.Endpoint, is6 bool) map[ipvs.RealServerKey]ipvs.RealServer {
+	out := make(map[ipvs.RealServerKey]ipvs.RealServer, len(set))
+	for _, ep := range set {
+		a := ep.Address.Unmap()
+		if !a.IsValid() || a.Is6() != is6 {
+			continue
+		}
+		k := ipvs.RealServerKey{Address: a, Port: ep.Port}
+		out[k] = ipvs.RealServer{RealServerKey: k, Weight: 1}
+	}
+	return out
+}
+
+// selected are the endpoints a Service port sends traffic to: internal for
+// ClusterIPs, external for NodePorts, ExternalIPs and LoadBalancer IPs.
+type selected struct {
+	internal, external []*endpoints.Endpoint
+}
+
+// excluded reports whether a lies in one of the excluded prefixes.
+func excluded(a netip.Addr, cidrs []netip.Prefix) bool {
+	a = a.Unmap()
+	for _, p := range cidrs {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// claims records, for every virtual server key, the Services that want it,
+// sorted by namespace/name: the first one wins.
+type claims map[ipvs.VirtualServerKey][]types.NamespacedName
+
+// compareNames orders Services by namespace, then name.
+func compareNames(a, b types.NamespacedName) int {
+	if c := cmp.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Name, b.Name)
+}
+
+// add records sm's claims and returns the keys whose winner may have changed.
+func (c claims) add(sm *ServiceModel) {
+	for k := range sm.VirtualServers {
+		names := c[k]
+		i, found := slices.BinarySearchFunc(names, sm.Name, compareNames)
+		if !found {
+			c[k] = slices.Insert(names, i, sm.Name)
+		}
+	}
+}
+
+// remove drops sm's claims.
+func (c claims) remove(sm *ServiceModel) {
+	for k := range sm.VirtualServers {
+		names := c[k]
+		i, found := slices.BinarySearchFunc(names, sm.Name, compareNames)
+		if !found {
+			continue
+		}
+		if len(names) == 1 {
+			delete(c, k)
+			continue
+		}
+		c[k] = slices.Delete(slices.Clone(names), i, i+1)
+	}
+}
+
+// resolve returns sm as it takes effect: sm itself when it wins every key it
+// wants, else a copy without the keys another Service won, with an Err naming both.
+func (c claims) resolve(sm *ServiceModel) *ServiceModel {
+	var lost []ipvs.VirtualServerKey
+	for k := range sm.VirtualServers {
+		if names := c[k]; len(names) > 0 && names[0] != sm.Name {
+			lost = append(lost, k)
+		}
+	}
+	if len(lost) == 0 {
+		return sm
+	}
+	slices.SortFunc(lost, ipvs.VirtualServerKey.Compare)
+	out := &ServiceModel{Name: sm.Name, VirtualServers: make(map[ipvs.VirtualServerKey]*DesiredVirtualServer, len(sm.VirtualServers))}
+	for k, dvs := range sm.VirtualServers {
+		if !slices.Contains(lost, k) {
+			out.VirtualServers[k] = dvs
+		}
+	}
+	used := make(map[netip.Addr]bool, len(out.VirtualServers))
+	for k := range out.VirtualServers {
+		used[k.Address] = true
+	}
+	for _, a := range sm.Addresses {
+		if used[a] {
+			out.Addresses = append(out.Addresses, a)
+		}
+	}
+	msgs := make([]string, 0, len(lost))
+	for _, k := range lost {
+		msgs = append(msgs, fmt.Sprintf("virtual server %s is already claimed by service %s", k, c[k][0]))
+	}
+	out.Err = fmt.Errorf("service %s: %s", sm.Name, strings.Join(msgs, "; "))
+	if sm.Err != nil {
+		out.Err = fmt.Errorf("%w; %s", sm.Err, strings.Join(msgs, "; "))
+	}
+	return out
+}
+
+// keysOf returns the virtual server keys of a (possibly nil) model.
+func keysOf(sm *ServiceModel) map[ipvs.VirtualServerKey]*DesiredVirtualServer {
+	if sm == nil {
+		return nil
+	}
+	return sm.VirtualServers
+}
+
+// protocolOf maps a Kubernetes protocol to the IPVS one; unknown ones map to "".
+func protocolOf(p v1.Protocol) ipvs.Protocol {
+	pr, _ := ipvs.ParseProtocol(string(p))
+	return pr
+}
