@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strings"
 
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kipvs/kipvs/endpoints"
@@ -341,18 +340,4 @@ func (c claims) resolve(sm *ServiceModel) *ServiceModel {
 		out.Err = fmt.Errorf("%w; %s", sm.Err, strings.Join(msgs, "; "))
 	}
 	return out
-}
-
-// keysOf returns the virtual server keys of a (possibly nil) model.
-func keysOf(sm *ServiceModel) map[ipvs.VirtualServerKey]*DesiredVirtualServer {
-	if sm == nil {
-		return nil
-	}
-	return sm.VirtualServers
-}
-
-// protocolOf maps a Kubernetes protocol to the IPVS one; unknown ones map to "".
-func protocolOf(p v1.Protocol) ipvs.Protocol {
-	pr, _ := ipvs.ParseProtocol(string(p))
-	return pr
 }

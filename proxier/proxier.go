@@ -1,0 +1,395 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/kipvs/kipvs/endpoints"
+	"github.com/kipvs/kipvs/ipvs"
+)
+
+// Source is where the proxier reads Services and endpoints (endpoints.State).
+type Source interface {
+	// Apply applies pending changes and returns the result; see endpoints.Snapshot.
+	Apply() endpoints.Snapshot
+	// Synced reports whether the informers have delivered their initial lists.
+	Synced() bool
+}
+
+// ErrNotSynced is returned by a sync that ran before Source was synced; the
+// runner retries it.
+var ErrNotSynced = errors.New("waiting for Services and EndpointSlices to be synced")
+
+// SyncResult describes one sync, for metrics and status.
+type SyncResult struct {
+	// Time is when the sync started, Duration how long it took.
+	Time     time.Time
+	Duration time.Duration
+	// Full is true for a full sync (kernel dump, every Service rebuilt).
+	Full bool
+	// Ops counts the kernel writes by kind (index OpKind) and result.
+	Ops [numOpKinds]OpCount
+	// Services is the number of Services rebuilt; VirtualServers the number wanted in total.
+	Services       int
+	VirtualServers int
+	// ServiceErrors holds the Service-scoped errors of the model (nil when none).
+	ServiceErrors map[types.NamespacedName]error
+	// ServiceChanges and EndpointChanges are the snapshot's change counts.
+	ServiceChanges, EndpointChanges int
+	// Err is the sync's error; the runner retries when it is not nil.
+	Err error
+}
+
+// Proxier keeps the kernel's IPVS table and dummy-link addresses in line with
+// the Services and endpoints of a Source.
+//
+// The first sync and one every Config.SyncPeriod are full: they dump the IPVS
+// table, list the dummy link's addresses and the node's addresses, rebuild every
+// Service, repair drift and delete owned virtual servers that no Service wants.
+// The syncs in between are incremental: they rebuild only the Services the
+// snapshot names as changed and diff them against the cached kernel state, with
+// no dump, so their cost does not grow with the number of Services.
+type Proxier struct {
+	cfg    Config
+	src    Source
+	ipvs   ipvs.Interface
+	addrs  Addresses
+	clock  clock.Clock
+	runner *Runner
+
+	// Sync state: only the sync goroutine touches it.
+	node      NodeInfo
+	raw       map[types.NamespacedName]*ServiceModel // as built, before conflicts
+	effective map[types.NamespacedName]*ServiceModel // as applied
+	claims    claims
+	desired   *Desired
+	observed  *KernelState
+	drains    DrainClock
+	svcErrs   map[types.NamespacedName]error
+	// pendingVS and pendingAddrs failed in the previous sync and are reconciled again.
+	pendingVS    map[ipvs.VirtualServerKey]struct{}
+	pendingAddrs map[netip.Addr]struct{}
+	needFull     bool
+	lastFull     time.Time
+
+	mu   sync.Mutex
+	last SyncResult
+}
+
+// New returns a Proxier; it only builds structs. Call Setup, then Run.
+func New(cfg Config, src Source, ipv ipvs.Interface, addrs Addresses, clk clock.Clock) *Proxier {
+	if cfg.DummyLink == "" {
+		cfg.DummyLink = DefaultDummyLink
+	}
+	p := &Proxier{
+		cfg: cfg, src: src, ipvs: ipv, addrs: addrs, clock: clk,
+		raw:          map[types.NamespacedName]*ServiceModel{},
+		effective:    map[types.NamespacedName]*ServiceModel{},
+		claims:       claims{},
+		desired:      NewDesired(Model{}),
+		observed:     NewKernelState(),
+		drains:       DrainClock{},
+		svcErrs:      map[types.NamespacedName]error{},
+		pendingVS:    map[ipvs.VirtualServerKey]struct{}{},
+		pendingAddrs: map[netip.Addr]struct{}{},
+		needFull:     true,
+	}
+	p.runner = NewRunner(p.Sync, cfg.MinSyncPeriod, cfg.SyncPeriod, clk)
+	return p
+}
+
+// Setup prepares the kernel: it creates the dummy link and sets the IPVS
+// connection timeouts when any is configured.
+func (p *Proxier) Setup(ctx context.Context) error {
+	if err := p.addrs.EnsureLink(ctx, p.cfg.DummyLink); err != nil {
+		return fmt.Errorf("ensuring dummy link %s: %w", p.cfg.DummyLink, err)
+	}
+	if t := p.cfg.Timeouts; t.TCP != 0 || t.TCPFin != 0 || t.UDP != 0 {
+		if err := p.ipvs.SetTimeouts(ctx, t); err != nil {
+			return fmt.Errorf("setting IPVS timeouts (tcp %s, tcpfin %s, udp %s): %w", t.TCP, t.TCPFin, t.UDP, err)
+		}
+	}
+	return nil
+}
+
+// Run syncs until ctx is cancelled.
+func (p *Proxier) Run(ctx context.Context) {
+	p.runner.Loop(ctx)
+}
+
+// QueueSync asks for a sync; informer event handlers call it. Requests merge.
+func (p *Proxier) QueueSync() {
+	p.runner.Run()
+}
+
+// LastSync returns the result of the latest sync.
+func (p *Proxier) LastSync() SyncResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+// Sync runs one sync now: full when due (see Proxier), incremental otherwise. The
+// runner calls it; tests may call it directly. It must not run concurrently.
+func (p *Proxier) Sync(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	if !p.src.Synced() {
+		logger.V(2).Info("Not syncing: waiting for Services and EndpointSlices")
+		return ErrNotSynced
+	}
+	start := p.clock.Now()
+	full := p.needFull || p.cfg.SyncPeriod > 0 && start.Sub(p.lastFull) >= p.cfg.SyncPeriod
+	snap := p.src.Apply()
+	res := SyncResult{Time: start, Full: full, ServiceChanges: snap.ServiceChanges, EndpointChanges: snap.EndpointChanges}
+
+	var scope Scope
+	var err error
+	if full {
+		scope, res.Services, err = p.prepareFull(ctx, &snap)
+	} else {
+		scope, res.Services, err = p.prepareIncremental(ctx, &snap)
+	}
+	if err != nil {
+		p.needFull = true
+		return p.finish(logger, res, err)
+	}
+	plan := Reconcile(ReconcileInput{
+		Desired: p.desired, Observed: p.observed, Scope: scope, DrainSince: p.drains, Now: start,
+		ExcludeCIDRs: p.cfg.ExcludeCIDRs, DrainTimeout: p.cfg.DrainTimeout,
+	})
+	ar := Apply(ctx, plan, p.ipvs, p.addrs, p.cfg.DummyLink, p.observed)
+	p.drains.Update(scope, plan.Draining, start)
+	clear(p.pendingVS)
+	clear(p.pendingAddrs)
+	for _, k := range ar.FailedVirtualServers {
+		p.pendingVS[k] = struct{}{}
+	}
+	for _, a := range ar.FailedAddresses {
+		p.pendingAddrs[a] = struct{}{}
+	}
+	p.needFull = ar.Drift
+	if full && ar.Err == nil {
+		p.lastFull = start
+	} else if full {
+		// The full sync's writes were partly refused: keep it due so the retry
+		// dumps again rather than trusting the cache.
+		p.needFull = true
+	}
+	res.Ops = ar.Counts
+	return p.finish(logger, res, ar.Err)
+}
+
+// finish records and logs a sync's result.
+func (p *Proxier) finish(logger klog.Logger, res SyncResult, err error) error {
+	res.Duration = p.clock.Since(res.Time)
+	res.Err = err
+	res.VirtualServers = len(p.desired.VirtualServers)
+	if len(p.svcErrs) > 0 {
+		res.ServiceErrors = maps.Clone(p.svcErrs)
+	}
+	p.mu.Lock()
+	p.last = res
+	p.mu.Unlock()
+	writes := 0
+	for _, c := range res.Ops {
+		writes += c.Succeeded + c.Failed
+	}
+	logger.V(2).Info("Synced IPVS", "full", res.Full, "services", res.Services, "virtualServers", res.VirtualServers,
+		"writes", writes, "serviceErrors", len(res.ServiceErrors), "duration", res.Duration, "err", err)
+	return err
+}
+
+// prepareFull reads the kernel and rebuilds every Service.
+func (p *Proxier) prepareFull(ctx context.Context, snap *endpoints.Snapshot) (Scope, int, error) {
+	dump, err := p.ipvs.Dump(ctx)
+	if err != nil {
+		return Scope{}, 0, fmt.Errorf("dumping IPVS: %w", err)
+	}
+	bound, err := p.addrs.List(ctx, p.cfg.DummyLink)
+	if err != nil {
+		return Scope{}, 0, fmt.Errorf("listing addresses of %s: %w", p.cfg.DummyLink, err)
+	}
+	if err := p.refreshNode(ctx, snap.Node); err != nil {
+		return Scope{}, 0, err
+	}
+	p.observed.SetDump(dump, bound)
+	p.raw = make(map[types.NamespacedName]*ServiceModel, len(snap.Services))
+	p.claims = make(claims, len(snap.Services))
+	for name, svc := range snap.Services {
+		sm := BuildService(svc, snap.Endpoints, p.node, p.cfg)
+		p.raw[name] = &sm
+		p.claims.add(&sm)
+	}
+	m := Model{Services: make(map[types.NamespacedName]*ServiceModel, len(p.raw))}
+	clear(p.svcErrs)
+	for name, sm := range p.raw {
+		eff := p.claims.resolve(sm)
+		m.Services[name] = eff
+		if eff.Err != nil {
+			p.svcErrs[name] = eff.Err
+		}
+	}
+	p.effective = m.Services
+	p.desired = NewDesired(m)
+	for k := range p.desired.VirtualServers {
+		p.observed.Owned[k] = struct{}{}
+	}
+	return Scope{Full: true}, len(p.raw), nil
+}
+
+// refreshNode reads the node's addresses and recomputes NodeInfo.
+func (p *Proxier) refreshNode(ctx context.Context, node endpoints.Node) error {
+	local, err := p.addrs.NodeIPs(ctx, p.cfg.DummyLink)
+	if err != nil {
+		return fmt.Errorf("listing node addresses: %w", err)
+	}
+	p.node = NodeInfo{Node: node, IPs: NodePortIPs(local, p.cfg.NodePortAddresses), LocalAddrs: local}
+	return nil
+}
+
+// NodePortIPs picks the node addresses that get NodePort virtual servers: those
+// inside nodePortAddresses, or when it is empty every address except loopback
+// and link-local ones (kube-proxy's IPVS mode).
+func NodePortIPs(local []netip.Addr, nodePortAddresses []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, 0, len(local))
+	for _, a := range local {
+		a = a.Unmap()
+		switch {
+		case len(nodePortAddresses) > 0:
+			if excluded(a, nodePortAddresses) {
+				out = append(out, a)
+			}
+		case !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsLinkLocalMulticast():
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// prepareIncremental rebuilds the Services that changed and returns the scope
+// of keys and addresses to reconcile.
+func (p *Proxier) prepareIncremental(ctx context.Context, snap *endpoints.Snapshot) (Scope, int, error) {
+	affected := snap.Changed
+	if snap.NodeChanged {
+		if err := p.refreshNode(ctx, snap.Node); err != nil {
+			return Scope{}, 0, err
+		}
+		affected = sets.KeySet(p.raw)
+		for n := range snap.Services {
+			affected.Insert(n)
+		}
+	}
+	p.node.Node = snap.Node
+	scope := Scope{
+		VirtualServers: maps.Clone(p.pendingVS),
+		Addresses:      maps.Clone(p.pendingAddrs),
+	}
+	if err := p.refreshDraining(ctx, scope.VirtualServers); err != nil {
+		return Scope{}, 0, err
+	}
+	// Rebuild the changed Services and note the keys whose claimants changed.
+	touched := map[ipvs.VirtualServerKey]struct{}{}
+	for name := range affected {
+		if old := p.raw[name]; old != nil {
+			p.claims.remove(old)
+			for k := range old.VirtualServers {
+				touched[k] = struct{}{}
+			}
+			delete(p.raw, name)
+		}
+		svc := snap.Services[name]
+		if svc == nil {
+			continue
+		}
+		sm := BuildService(svc, snap.Endpoints, p.node, p.cfg)
+		p.raw[name] = &sm
+		p.claims.add(&sm)
+		for k := range sm.VirtualServers {
+			touched[k] = struct{}{}
+		}
+	}
+	// Re-resolve the changed Services and every other claimant of a touched key.
+	resolveSet := make(map[types.NamespacedName]struct{}, len(affected))
+	for n := range affected {
+		resolveSet[n] = struct{}{}
+	}
+	for k := range touched {
+		for _, n := range p.claims[k] {
+			resolveSet[n] = struct{}{}
+		}
+	}
+	for name := range resolveSet {
+		p.resolveInto(name, &scope)
+	}
+	return scope, len(affected), nil
+}
+
+// resolveInto replaces a Service's effective model and adds what changed to scope.
+func (p *Proxier) resolveInto(name types.NamespacedName, scope *Scope) {
+	old := p.effective[name]
+	var eff *ServiceModel
+	if raw := p.raw[name]; raw != nil {
+		eff = p.claims.resolve(raw)
+	}
+	p.desired.Remove(old)
+	p.desired.Add(eff)
+	for _, sm := range []*ServiceModel{old, eff} {
+		if sm == nil {
+			continue
+		}
+		for k := range sm.VirtualServers {
+			scope.VirtualServers[k] = struct{}{}
+		}
+		for _, a := range sm.Addresses {
+			scope.Addresses[a] = struct{}{}
+		}
+	}
+	delete(p.svcErrs, name)
+	if eff == nil {
+		delete(p.effective, name)
+		return
+	}
+	p.effective[name] = eff
+	for k := range eff.VirtualServers {
+		p.observed.Owned[k] = struct{}{}
+	}
+	if eff.Err != nil {
+		p.svcErrs[name] = eff.Err
+	}
+}
+
+// refreshDraining re-reads the real servers of every virtual server with a
+// draining real server, so that drains end on fresh connection counters, and
+// adds those virtual servers to the scope.
+func (p *Proxier) refreshDraining(ctx context.Context, scope map[ipvs.VirtualServerKey]struct{}) error {
+	for k := range p.drains {
+		scope[k] = struct{}{}
+		rss, err := p.ipvs.RealServers(ctx, k)
+		if ipvs.IsNotFound(err) {
+			delete(p.observed.VirtualServers, k)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("reading real servers of %s: %w", k, err)
+		}
+		o := p.observed.VirtualServers[k]
+		if o == nil {
+			continue
+		}
+		o.RealServers = make(map[ipvs.RealServerKey]ipvs.RealServerStatus, len(rss))
+		for _, rs := range rss {
+			o.RealServers[rs.RealServerKey] = rs
+		}
+	}
+	return nil
+}
