@@ -177,8 +177,13 @@ func ParseDump(text string) ([]VirtualServerStatus, error) {
 func sortStatuses(vss []VirtualServerStatus) {
 	slices.SortFunc(vss, func(a, b VirtualServerStatus) int { return a.VirtualServerKey.Compare(b.VirtualServerKey) })
 	for _, vs := range vss {
-		slices.SortFunc(vs.RealServers, func(a, b RealServerStatus) int { return a.RealServerKey.Compare(b.RealServerKey) })
+		sortRealServers(vs.RealServers)
 	}
+}
+
+// sortRealServers sorts real servers by key, in place.
+func sortRealServers(rss []RealServerStatus) {
+	slices.SortFunc(rss, func(a, b RealServerStatus) int { return a.RealServerKey.Compare(b.RealServerKey) })
 }
 
 // parseVirtualServerLine parses the fields of a virtual server line.
