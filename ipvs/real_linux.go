@@ -60,9 +60,24 @@ const ProbeFWMark uint32 = 0x6b697073
 // missing; Probe proves by a real write that the table works.
 type Real struct {
 	mu     sync.Mutex
-	handle *mipvs.Handle // nil after Close
+	handle mobyHandle // nil after Close
 	// noIPVS is the error every call returns when the IPVS family was missing at New.
 	noIPVS error
+}
+
+// mobyHandle is the part of *mipvs.Handle that Real uses; unit tests give
+// Real an in-memory table instead of the kernel.
+type mobyHandle interface {
+	probeHandle
+	UpdateService(*mipvs.Service) error
+	GetService(*mipvs.Service) (*mipvs.Service, error)
+	GetDestinations(*mipvs.Service) ([]*mipvs.Destination, error)
+	NewDestination(*mipvs.Service, *mipvs.Destination) error
+	UpdateDestination(*mipvs.Service, *mipvs.Destination) error
+	DelDestination(*mipvs.Service, *mipvs.Destination) error
+	GetConfig() (*mipvs.Config, error)
+	SetConfig(*mipvs.Config) error
+	Close()
 }
 
 // New opens a netlink handle to IPVS in the current network namespace. It
@@ -106,7 +121,7 @@ func (r *Real) Close() error {
 // do runs fn with the handle, serialised, after checking ctx, Close and the
 // IPVS family. A panic inside moby/ipvs (it indexes replies without checking
 // their length) becomes an error.
-func (r *Real) do(ctx context.Context, fn func(h *mipvs.Handle) error) (err error) {
+func (r *Real) do(ctx context.Context, fn func(h mobyHandle) error) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -134,7 +149,7 @@ func (r *Real) do(ctx context.Context, fn func(h *mipvs.Handle) error) (err erro
 func (r *Real) Dump(ctx context.Context) ([]VirtualServerStatus, error) {
 	logger := klog.FromContext(ctx)
 	var out []VirtualServerStatus
-	err := r.do(ctx, func(h *mipvs.Handle) error {
+	err := r.do(ctx, func(h mobyHandle) error {
 		svcs, err := h.GetServices()
 		if err != nil {
 			return fmt.Errorf("%s: %w", opDump, err)
@@ -189,7 +204,7 @@ func (r *Real) RealServers(ctx context.Context, vs VirtualServerKey) ([]RealServ
 		return nil, vsError(opListRS, vs, err)
 	}
 	var out []RealServerStatus
-	err = r.do(ctx, func(h *mipvs.Handle) error {
+	err = r.do(ctx, func(h mobyHandle) error {
 		if _, err := h.GetService(svc); err != nil {
 			return err
 		}
@@ -209,24 +224,24 @@ func (r *Real) RealServers(ctx context.Context, vs VirtualServerKey) ([]RealServ
 
 // AddVirtualServer creates vs without real servers; EEXIST if it exists.
 func (r *Real) AddVirtualServer(ctx context.Context, vs VirtualServer) error {
-	return r.writeService(ctx, opAddVS, vs, (*mipvs.Handle).NewService)
+	return r.writeService(ctx, opAddVS, vs, mobyHandle.NewService)
 }
 
 // UpdateVirtualServer changes the scheduler, flags and timeout of vs, keeping
 // its real servers; ESRCH if it does not exist.
 func (r *Real) UpdateVirtualServer(ctx context.Context, vs VirtualServer) error {
-	return r.writeService(ctx, opUpdateVS, vs, (*mipvs.Handle).UpdateService)
+	return r.writeService(ctx, opUpdateVS, vs, mobyHandle.UpdateService)
 }
 
 // writeService converts vs and runs one service write.
-func (r *Real) writeService(ctx context.Context, op string, vs VirtualServer, fn func(*mipvs.Handle, *mipvs.Service) error) error {
+func (r *Real) writeService(ctx context.Context, op string, vs VirtualServer, fn func(mobyHandle, *mipvs.Service) error) error {
 	svc, err := toMobyService(vs)
 	if err != nil {
 		return vsError(op, vs.VirtualServerKey, err)
 	}
 	klog.FromContext(ctx).V(4).Info("IPVS write", "op", op, "virtualServer", vs.VirtualServerKey.String(),
 		"scheduler", vs.Scheduler, "flags", uint32(vs.Flags), "timeout", vs.Timeout)
-	return vsError(op, vs.VirtualServerKey, r.do(ctx, func(h *mipvs.Handle) error { return fn(h, svc) }))
+	return vsError(op, vs.VirtualServerKey, r.do(ctx, func(h mobyHandle) error { return fn(h, svc) }))
 }
 
 // DeleteVirtualServer deletes vs and its real servers; ESRCH if it does not exist.
@@ -236,30 +251,30 @@ func (r *Real) DeleteVirtualServer(ctx context.Context, vs VirtualServerKey) err
 		return vsError(opDeleteVS, vs, err)
 	}
 	klog.FromContext(ctx).V(4).Info("IPVS write", "op", opDeleteVS, "virtualServer", vs.String())
-	return vsError(opDeleteVS, vs, r.do(ctx, func(h *mipvs.Handle) error { return h.DelService(svc) }))
+	return vsError(opDeleteVS, vs, r.do(ctx, func(h mobyHandle) error { return h.DelService(svc) }))
 }
 
 // AddRealServer adds rs to vs; ESRCH if vs is missing, EEXIST if rs exists.
 func (r *Real) AddRealServer(ctx context.Context, vs VirtualServerKey, rs RealServer) error {
-	return r.writeDestination(ctx, opAddRS, vs, rs, (*mipvs.Handle).NewDestination)
+	return r.writeDestination(ctx, opAddRS, vs, rs, mobyHandle.NewDestination)
 }
 
 // UpdateRealServer sets the weight of rs in vs; ESRCH if vs is missing,
 // ENOENT if rs is.
 func (r *Real) UpdateRealServer(ctx context.Context, vs VirtualServerKey, rs RealServer) error {
-	return r.writeDestination(ctx, opUpdateRS, vs, rs, (*mipvs.Handle).UpdateDestination)
+	return r.writeDestination(ctx, opUpdateRS, vs, rs, mobyHandle.UpdateDestination)
 }
 
 // DeleteRealServer removes rs from vs; ESRCH if vs is missing, ENOENT if rs is.
 // The kernel keeps a removed real server with live connections in its trash
 // list until they end; that is invisible here.
 func (r *Real) DeleteRealServer(ctx context.Context, vs VirtualServerKey, rs RealServerKey) error {
-	return r.writeDestination(ctx, opDeleteRS, vs, RealServer{RealServerKey: rs}, (*mipvs.Handle).DelDestination)
+	return r.writeDestination(ctx, opDeleteRS, vs, RealServer{RealServerKey: rs}, mobyHandle.DelDestination)
 }
 
 // writeDestination converts both keys and runs one destination write.
 func (r *Real) writeDestination(ctx context.Context, op string, vs VirtualServerKey, rs RealServer,
-	fn func(*mipvs.Handle, *mipvs.Service, *mipvs.Destination) error) error {
+	fn func(mobyHandle, *mipvs.Service, *mipvs.Destination) error) error {
 	svc, err := toMobyServiceKey(vs)
 	if err != nil {
 		return rsError(op, vs, rs.RealServerKey, err)
@@ -270,13 +285,13 @@ func (r *Real) writeDestination(ctx context.Context, op string, vs VirtualServer
 	}
 	klog.FromContext(ctx).V(4).Info("IPVS write", "op", op, "virtualServer", vs.String(),
 		"realServer", rs.RealServerKey.String(), "weight", rs.Weight)
-	return rsError(op, vs, rs.RealServerKey, r.do(ctx, func(h *mipvs.Handle) error { return fn(h, svc, dst) }))
+	return rsError(op, vs, rs.RealServerKey, r.do(ctx, func(h mobyHandle) error { return fn(h, svc, dst) }))
 }
 
 // Timeouts reads the global tcp, tcpfin and udp timeouts.
 func (r *Real) Timeouts(ctx context.Context) (Timeouts, error) {
 	var t Timeouts
-	err := r.do(ctx, func(h *mipvs.Handle) error {
+	err := r.do(ctx, func(h mobyHandle) error {
 		c, err := h.GetConfig()
 		if err != nil {
 			return err
@@ -297,7 +312,7 @@ func (r *Real) SetTimeouts(ctx context.Context, t Timeouts) error {
 		return fmt.Errorf("%s: %w", opSetTO, err)
 	}
 	klog.FromContext(ctx).V(4).Info("IPVS write", "op", opSetTO, "tcp", t.TCP, "tcpfin", t.TCPFin, "udp", t.UDP)
-	if err := r.do(ctx, func(h *mipvs.Handle) error { return h.SetConfig(c) }); err != nil {
+	if err := r.do(ctx, func(h mobyHandle) error { return h.SetConfig(c) }); err != nil {
 		return fmt.Errorf("%s: %w", opSetTO, err)
 	}
 	return nil
