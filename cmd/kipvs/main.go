@@ -43,9 +43,10 @@ func newRootCommand() *cobra.Command {
 		Long: "kipvs watches Services, EndpointSlices and its Node and programs IPVS virtual servers for them.\n" +
 			"It accepts kube-proxy's flags and a kube-proxy KubeProxyConfiguration file (--config);\n" +
 			"flags given on the command line override the file.",
-		Args:          cobra.NoArgs,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Args:              cobra.NoArgs,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd.Context(), opts)
 		},
