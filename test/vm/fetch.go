@@ -156,38 +156,71 @@ func resolveCloudKernel(ctx context.Context) (kernelPin, error) {
 }
 
 // resolveGuestPackages computes the guest package closure: the roots plus
-// every lib* package reachable through Depends/Pre-Depends from them.
+// every library package reachable through Depends/Pre-Depends from them
+// without passing through a non-library package. One recursive apt-cache
+// call (each call costs seconds of cache loading) gives the whole graph.
 func resolveGuestPackages(ctx context.Context) ([]string, error) {
+	args := append([]string{"depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+		"--no-breaks", "--no-replaces", "--no-enhances"}, guestRoots...)
+	out, err := run(ctx, "", nil, "apt-cache", args...)
+	if err != nil {
+		return nil, err
+	}
+	graph := parseAptDepends(out)
+	for _, r := range guestRoots {
+		if _, ok := graph[r]; !ok {
+			return nil, fmt.Errorf("apt-cache knows no package %s (run apt-get update?)", r)
+		}
+	}
+	return libraryClosure(graph, guestRoots), nil
+}
+
+// libraryClosure returns roots plus the library packages reachable from them
+// through library packages only.
+func libraryClosure(graph map[string][]string, roots []string) []string {
 	seen := map[string]bool{}
-	frontier := append([]string(nil), guestRoots...)
-	for _, p := range frontier {
+	var visit func(p string)
+	visit = func(p string) {
+		if seen[p] {
+			return
+		}
 		seen[p] = true
-	}
-	for len(frontier) > 0 {
-		args := append([]string{"depends", "--no-recommends", "--no-suggests", "--no-conflicts",
-			"--no-breaks", "--no-replaces", "--no-enhances"}, frontier...)
-		out, err := run(ctx, "", nil, "apt-cache", args...)
-		if err != nil {
-			return nil, err
-		}
-		frontier = nil
-		for _, line := range strings.Split(out, "\n") {
-			line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "|"))
-			var dep string
-			for _, prefix := range []string{"Depends: ", "PreDepends: "} {
-				if strings.HasPrefix(line, prefix) {
-					dep = strings.TrimPrefix(line, prefix)
-				}
+		for _, d := range graph[p] {
+			if isLibraryPackage(d) {
+				visit(d)
 			}
-			dep = strings.TrimSuffix(dep, ":any")
-			if dep == "" || !isLibraryPackage(dep) || seen[dep] {
-				continue
-			}
-			seen[dep] = true
-			frontier = append(frontier, dep)
 		}
 	}
-	return sortedKeys(seen), nil
+	for _, r := range roots {
+		visit(r)
+	}
+	return sortedKeys(seen)
+}
+
+// parseAptDepends parses apt-cache depends output into package -> hard
+// dependencies (virtual packages, shown as <name>, are dropped).
+func parseAptDepends(out string) map[string][]string {
+	graph := map[string][]string{}
+	cur := ""
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" {
+			continue
+		}
+		if line[0] != ' ' {
+			cur = strings.TrimSpace(line)
+			if _, ok := graph[cur]; !ok {
+				graph[cur] = nil
+			}
+			continue
+		}
+		f := strings.TrimPrefix(strings.TrimSpace(line), "|")
+		kind, dep, ok := strings.Cut(f, ": ")
+		if !ok || (kind != "Depends" && kind != "PreDepends") || strings.HasPrefix(dep, "<") {
+			continue
+		}
+		graph[cur] = append(graph[cur], strings.TrimSuffix(dep, ":any"))
+	}
+	return graph
 }
 
 // isLibraryPackage tells which dependencies are followed: shared library

@@ -33,10 +33,17 @@ func runInitrd(img Image, opts Options, nonce string) (string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	_, err = io.Copy(f, base)
+	n, err := io.Copy(f, base)
 	base.Close()
 	if err != nil {
 		return fail(err)
+	}
+	// The kernel parses each archive from a 4-byte aligned offset and skips
+	// zero padding between archives; a gzip base can end anywhere.
+	if r := n % 512; r != 0 {
+		if _, err := f.Write(make([]byte, 512-r)); err != nil {
+			return fail(err)
+		}
 	}
 	c := newCPIOWriter(f)
 	dirs := map[string]bool{}

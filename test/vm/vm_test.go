@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 }
 
 // guestcheckBinary builds internal/guestcheck static, once per test process.
-func guestcheckBinary(t *testing.T) string {
+func guestcheckBinary(t testing.TB) string {
 	t.Helper()
 	guestcheck.once.Do(func() {
 		guestcheck.dir, guestcheck.err = os.MkdirTemp("", "kipvs-guestcheck-")
@@ -169,4 +170,23 @@ func TestRunRejectsNonLoopbackHost(t *testing.T) {
 			t.Errorf("HostAddr %s: err %v, want a loopback error", host, err)
 		}
 	}
+}
+
+// BenchmarkWarmCycle measures one VM run with a cached image (boot, module
+// preload, a binary that exits at once, power-off). qemu-cpu-s/op is the CPU
+// time qemu used, which varies less than wall time on a shared machine.
+func BenchmarkWarmCycle(b *testing.B) {
+	RequireImage(b)
+	bin := guestcheckBinary(b)
+	var r0, r1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &r0)
+	for b.Loop() {
+		code, err := Run(context.Background(), Options{Binary: bin, Args: []string{"exit", "0"}, Timeout: 3 * time.Minute})
+		if err != nil || code != 0 {
+			b.Fatalf("exit code %d, err %v", code, err)
+		}
+	}
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &r1)
+	cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "qemu-cpu-s/op")
 }
