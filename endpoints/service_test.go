@@ -51,8 +51,11 @@ func TestParseService(t *testing.T) {
 			wantSkip: true,
 		},
 		{
-			name:     "headless None skipped",
-			mutate:   func(s *v1.Service) { s.Spec.ClusterIP = v1.ClusterIPNone; s.Spec.ClusterIPs = []string{v1.ClusterIPNone} },
+			name: "headless None skipped",
+			mutate: func(s *v1.Service) {
+				s.Spec.ClusterIP = v1.ClusterIPNone
+				s.Spec.ClusterIPs = []string{v1.ClusterIPNone}
+			},
 			wantSkip: true,
 		},
 		{

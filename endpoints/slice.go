@@ -18,6 +18,23 @@ type sliceInfo struct {
 	endpoints []*Endpoint
 }
 
+// equal reports whether two slice infos (nil = absent) hold the same content.
+func (a *sliceInfo) equal(b *sliceInfo) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return slices.Equal(a.ports, b.ports) && endpointsEqual(a.endpoints, b.endpoints)
+}
+
+// endpointsEqual reports whether two endpoint lists are equal element by element.
+func endpointsEqual(a, b []*Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y *Endpoint) bool {
+		return x.Address == y.Address && x.Port == y.Port && x.Ready == y.Ready && x.Serving == y.Serving &&
+			x.Terminating == y.Terminating && x.NodeName == y.NodeName && x.Zone == y.Zone &&
+			x.PodName == y.PodName && slices.Equal(x.ZoneHints, y.ZoneHints) && slices.Equal(x.NodeHints, y.NodeHints)
+	})
+}
+
 // slicePort is one EndpointSlice port, defaults applied.
 type slicePort struct {
 	name     string

@@ -167,7 +167,7 @@ func (s *State) setSlice(svc types.NamespacedName, name string, info *sliceInfo)
 		t = &sliceTracker{applied: map[string]*sliceInfo{}, pending: map[string]*sliceInfo{}}
 		s.trackers[svc] = t
 	}
-	if applied := t.applied[name]; reflect.DeepEqual(applied, info) {
+	if t.applied[name].equal(info) {
 		delete(t.pending, name)
 	} else {
 		t.pending[name] = info
@@ -289,14 +289,16 @@ func (s *State) Apply() Snapshot {
 		}
 		snap.Changed.Insert(nn)
 	}
-	clear(s.svcPending)
+	// Fresh maps, not clear(): iterating a map costs its peak size, and the
+	// initial sync leaves these with room for every Service.
+	s.svcPending = map[types.NamespacedName]*serviceChange{}
 
 	for svc := range s.epPending {
 		if s.applySlices(svc) {
 			snap.Changed.Insert(svc)
 		}
 	}
-	s.epPending.Clear()
+	s.epPending = sets.New[types.NamespacedName]()
 
 	if s.nodeNext != nil {
 		if !reflect.DeepEqual(*s.nodeNext, s.node) {
@@ -335,7 +337,7 @@ func (s *State) applySlices(svc types.NamespacedName) bool {
 	}
 	t.ports = t.ports[:0]
 	for key, eps := range built {
-		if old, ok := s.endpoints[key]; !ok || !reflect.DeepEqual(old, eps) {
+		if old, ok := s.endpoints[key]; !ok || !endpointsEqual(old, eps) {
 			s.endpoints[key] = eps
 			changed = true
 		}

@@ -2,6 +2,7 @@ package endpoints
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -490,5 +491,36 @@ func TestStateConcurrent(t *testing.T) {
 	snap := s.Apply()
 	if len(snap.Services) != workers*perWorker || len(snap.Endpoints) != workers*perWorker {
 		t.Errorf("got %d Services and %d endpoint entries, want %d each", len(snap.Services), len(snap.Endpoints), workers*perWorker)
+	}
+}
+
+// TestEndpointsEqualCoversEveryField changes each Endpoint field in turn: a
+// field that endpointsEqual forgets would make real updates look like no change.
+func TestEndpointsEqualCoversEveryField(t *testing.T) {
+	base := makeEndpoint("10.0.0.1", 80)
+	typ := reflect.TypeOf(*base)
+	for i := range typ.NumField() {
+		mod := *base
+		f := reflect.ValueOf(&mod).Elem().Field(i)
+		switch f.Kind() {
+		case reflect.Bool:
+			f.SetBool(!f.Bool())
+		case reflect.String:
+			f.SetString("changed")
+		case reflect.Uint16:
+			f.SetUint(f.Uint() + 1)
+		case reflect.Slice:
+			f.Set(reflect.ValueOf([]string{"changed"}))
+		case reflect.Struct:
+			f.Set(reflect.ValueOf(addr("10.0.0.2")))
+		default:
+			t.Fatalf("field %s: kind %s not handled by this test", typ.Field(i).Name, f.Kind())
+		}
+		if endpointsEqual([]*Endpoint{base}, []*Endpoint{&mod}) {
+			t.Errorf("endpointsEqual ignores field %s", typ.Field(i).Name)
+		}
+	}
+	if !endpointsEqual([]*Endpoint{base}, []*Endpoint{makeEndpoint("10.0.0.1", 80)}) {
+		t.Error("equal endpoints compare unequal")
 	}
 }
