@@ -115,6 +115,8 @@ type Node struct {
 // endpoints and Node after applying pending changes, and what changed since the
 // previous Apply. The maps are owned by State and must only be read between two
 // Apply calls, from the goroutine that calls Apply.
+// Everything reachable from a Snapshot (Services, ServicePorts, Endpoints and
+// their slices, which ports of one Service share) is read-only.
 type Snapshot struct {
 	Services  ServiceMap
 	Endpoints EndpointsMap

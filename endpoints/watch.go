@@ -54,9 +54,9 @@ func Watch(ctx context.Context, client kubernetes.Interface, state *State, resyn
 		informer cache.SharedIndexInformer
 		funcs    cache.ResourceEventHandler
 	}{
-		{factory.Core().V1().Services().Informer(), handlerFor(state.OnServiceUpdate, onChange)},
-		{factory.Discovery().V1().EndpointSlices().Informer(), handlerFor(state.OnEndpointSliceUpdate, onChange)},
-		{nodeFactory.Core().V1().Nodes().Informer(), handlerFor(state.OnNodeUpdate, onChange)},
+		{factory.Core().V1().Services().Informer(), handlerFor(logger, "Service", state.OnServiceUpdate, onChange)},
+		{factory.Discovery().V1().EndpointSlices().Informer(), handlerFor(logger, "EndpointSlice", state.OnEndpointSliceUpdate, onChange)},
+		{nodeFactory.Core().V1().Nodes().Informer(), handlerFor(logger, "Node", state.OnNodeUpdate, onChange)},
 	}
 	var synced []cache.InformerSynced
 	for _, h := range handlers {
@@ -90,15 +90,17 @@ func Watch(ctx context.Context, client kubernetes.Interface, state *State, resyn
 type apiObject interface {
 	*v1.Service | *discoveryv1.EndpointSlice | *v1.Node
 	GetResourceVersion() string
+	klog.KMetadata
 }
 
 // handlerFor adapts a State method to informer callbacks. Periodic resyncs
 // (same resourceVersion) are dropped: they cannot change anything. Deletes may
 // deliver a cache.DeletedFinalStateUnknown tombstone holding the last known object.
-func handlerFor[T apiObject](update func(prev, cur T), onChange func()) cache.ResourceEventHandler {
+func handlerFor[T apiObject](logger klog.Logger, kind string, update func(prev, cur T), onChange func()) cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if o, ok := obj.(T); ok {
+				logger.V(4).Info("Object added", "kind", kind, "object", klog.KObj(o))
 				update(nil, o)
 				onChange()
 			}
@@ -109,6 +111,7 @@ func handlerFor[T apiObject](update func(prev, cur T), onChange func()) cache.Re
 			if !ok1 || !ok2 || prev.GetResourceVersion() == cur.GetResourceVersion() && cur.GetResourceVersion() != "" {
 				return
 			}
+			logger.V(4).Info("Object updated", "kind", kind, "object", klog.KObj(cur))
 			update(prev, cur)
 			onChange()
 		},
@@ -117,6 +120,7 @@ func handlerFor[T apiObject](update func(prev, cur T), onChange func()) cache.Re
 				obj = t.Obj
 			}
 			if o, ok := obj.(T); ok {
+				logger.V(4).Info("Object deleted", "kind", kind, "object", klog.KObj(o))
 				update(o, nil)
 				onChange()
 			}

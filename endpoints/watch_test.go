@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 )
 
 // waitFor applies s every 10 ms until ok holds for the snapshot, failing the
@@ -162,7 +163,7 @@ func TestWatchCancelledBeforeSync(t *testing.T) {
 func TestHandlerTombstonesAndResyncs(t *testing.T) {
 	s := NewState("node1")
 	var changes int
-	h := handlerFor(s.OnServiceUpdate, func() { changes++ })
+	h := handlerFor(klog.Background(), "Service", s.OnServiceUpdate, func() { changes++ })
 	svc := makeService("ns", "a")
 
 	h.OnAdd(svc, true)
