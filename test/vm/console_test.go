@@ -61,7 +61,7 @@ func TestRunScriptQuotes(t *testing.T) {
 	// Replace the exec with printing of argv so that /bin/sh parses the script
 	// exactly as the guest would.
 	script = strings.Replace(script, "mkdir -p", "true", 1)
-	script = strings.Replace(script, "cd ", "true ", 1)
+	script = strings.Replace(script, "\ncd ", "\ntrue ", 1)
 	script = strings.Replace(script, "exec env -i", "printf '%s\\n'", 1)
 	out, err := exec.Command("sh", "-c", script).CombinedOutput()
 	if err != nil {

@@ -22,6 +22,28 @@ var guestRoots = []string{
 	"busybox", "iptables", "ipset", "ipvsadm", "nftables", "iproute2", "conntrack", "netbase",
 }
 
+// initShellPackage provides the shell /init runs under (initShell in the
+// guest): busybox-static runs its applets without exec.
+const initShellPackage = "busybox-static"
+
+// initShell is where the guest gets busybox-static; init.sh's #! names it.
+const initShell = "usr/libexec/kipvs/busybox"
+
+// fetchPackage makes sure one package's .deb is cached.
+func fetchPackage(ctx context.Context, debDir, pkg string) (string, error) {
+	if deb, ok := cachedDeb(debDir, pkg); ok {
+		return deb, nil
+	}
+	if err := aptDownload(ctx, debDir, pkg); err != nil {
+		return "", err
+	}
+	deb, ok := cachedDeb(debDir, pkg)
+	if !ok {
+		return "", fmt.Errorf("apt-get download %s left no .deb", pkg)
+	}
+	return deb, nil
+}
+
 // hostPackages maps a host tool to the Debian package that provides it.
 // busybox-static (not busybox) because the two conflict and the host only
 // needs depmod; the guest's dynamic busybox is downloaded, not installed.

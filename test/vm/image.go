@@ -25,7 +25,7 @@ var initScript []byte
 
 // imageFormat changes whenever the way the image is built changes in a way
 // the other inputs of the cache key do not capture.
-const imageFormat = "kipvs-vm-image-v1"
+const imageFormat = "kipvs-vm-image-v2"
 
 // compressInitrd selects a gzip-compressed base initramfs. Uncompressed boots
 // faster under TCG (see README.md for the measurement), so it is off.
@@ -90,10 +90,31 @@ func cachedImage() (Image, bool) {
 		return Image{}, false
 	}
 	dir := filepath.Join(cache, "image-"+imageKey(pin))
-	if _, err := os.Stat(filepath.Join(dir, "ok")); err != nil {
+	ok := filepath.Join(dir, "ok")
+	if _, err := os.Stat(ok); err != nil {
 		return Image{}, false
 	}
+	now := time.Now()
+	os.Chtimes(ok, now, now) // last use, for pruneImages
 	return imageAt(dir, pin.KernelRelease()), true
+}
+
+// imageMaxIdle is how long an image of another key (older checkout, other
+// kernel) stays in the cache without being used.
+const imageMaxIdle = 7 * 24 * time.Hour
+
+// pruneImages removes images other than keep that were not used recently.
+func pruneImages(cache, keep string) {
+	dirs, _ := filepath.Glob(filepath.Join(cache, "image-*"))
+	for _, d := range dirs {
+		if d == keep {
+			continue
+		}
+		if st, err := os.Stat(filepath.Join(d, "ok")); err == nil && time.Since(st.ModTime()) < imageMaxIdle {
+			continue
+		}
+		os.RemoveAll(d)
+	}
 }
 
 // EnsureImage returns the cached base image, building it first when needed:
@@ -133,12 +154,23 @@ func buildImage(ctx context.Context, cache string) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
+	// The caller holds the cache lock: build-* directories are leftovers of
+	// an interrupted build.
+	if stale, _ := filepath.Glob(filepath.Join(cache, "build-*")); len(stale) > 0 {
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
+	}
 	debDir := filepath.Join(cache, "debs")
 	pin, kernelDeb, err := fetchKernel(ctx, debDir, pin, logf)
 	if err != nil {
 		return Image{}, err
 	}
 	guestDebs, err := fetchGuestPackages(ctx, debDir)
+	if err != nil {
+		return Image{}, err
+	}
+	staticDeb, err := fetchPackage(ctx, debDir, initShellPackage)
 	if err != nil {
 		return Image{}, err
 	}
@@ -160,9 +192,19 @@ func buildImage(ctx context.Context, cache string) (Image, error) {
 			return Image{}, err
 		}
 	}
+	// busybox-static also ships /bin/busybox: unpack it apart.
+	if _, err := run(ctx, "", nil, "dpkg-deb", "-x", staticDeb, filepath.Join(staging, "static")); err != nil {
+		return Image{}, err
+	}
 	kver := pin.KernelRelease()
 	if err := buildRootfs(ctx, pkgs, root, kver, initScript); err != nil {
 		return Image{}, fmt.Errorf("assemble initramfs tree: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, filepath.Dir(initShell)), 0o755); err != nil {
+		return Image{}, err
+	}
+	if err := copyFile(filepath.Join(staging, "static", "bin", "busybox"), filepath.Join(root, initShell), 0o755); err != nil {
+		return Image{}, err
 	}
 	if err := writeModuleLists(root); err != nil {
 		return Image{}, err
@@ -184,6 +226,7 @@ func buildImage(ctx context.Context, cache string) (Image, error) {
 	if err := os.Rename(out, final); err != nil {
 		return Image{}, err
 	}
+	pruneImages(cache, final)
 	logf("vm: built image %s in %s (downloads %s)", final, time.Since(start).Round(time.Millisecond), fetched.Round(time.Millisecond))
 	return imageAt(final, kver), nil
 }
@@ -193,10 +236,8 @@ func writeModuleLists(root string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "modules"), []byte(strings.Join(guestModules, "\n")+"\n"), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, "net-modules"), []byte(strings.Join(netModules, "\n")+"\n"), 0o644)
+	conf := fmt.Sprintf("KIPVS_MODULES=%q\nKIPVS_NET_MODULES=%q\n", strings.Join(guestModules, " "), strings.Join(netModules, " "))
+	return os.WriteFile(filepath.Join(dir, "modules.conf"), []byte(conf), 0o644)
 }
 
 // writeBaseInitrd archives root (plus /dev/console, which the kernel opens

@@ -133,7 +133,8 @@ func addHostPath(c *cpioWriter, mkdirs func(string), dirs map[string]bool, host,
 // the binary with its arguments, all single-quoted.
 func runScript(guestBin string, opts Options) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "mkdir -p %s && cd %s || exit 127\n", shellQuote(opts.Dir), shellQuote(opts.Dir))
+	dir := shellQuote(opts.Dir)
+	fmt.Fprintf(&b, "[ -d %s ] || mkdir -p %s\ncd %s || exit 127\n", dir, dir, dir)
 	b.WriteString("exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp")
 	for _, e := range opts.Env {
 		b.WriteString(" " + shellQuote(e))

@@ -46,8 +46,7 @@ type Options struct {
 	// Env is the binary's extra environment ("K=V"); PATH, HOME and TMPDIR are set.
 	Env []string
 	// Files maps host paths (files or directories) to absolute guest paths.
-	// Guest paths under /tmp, /run, /proc, /sys and /dev are hidden by mounts
-	// and rejected.
+	// Guest paths under /proc, /sys and /dev are hidden by mounts and rejected.
 	Files map[string]string
 	// Dir is the binary's working directory in the guest (created if
 	// missing); default /root.
@@ -131,7 +130,7 @@ func validate(opts *Options) error {
 	}
 	for host, guest := range opts.Files {
 		if !filepath.IsAbs(guest) || hiddenGuestPath(guest) {
-			return fmt.Errorf("vm: guest path %q for %s must be absolute and outside /tmp, /run, /proc, /sys, /dev", guest, host)
+			return fmt.Errorf("vm: guest path %q for %s must be absolute and outside /proc, /sys, /dev", guest, host)
 		}
 	}
 	if n := opts.Network; n != nil {
@@ -156,7 +155,7 @@ func validate(opts *Options) error {
 
 func hiddenGuestPath(p string) bool {
 	p = filepath.Clean(p)
-	for _, d := range []string{"/tmp", "/run", "/proc", "/sys", "/dev", "/var/run", "/var/tmp"} {
+	for _, d := range []string{"/proc", "/sys", "/dev"} {
 		if p == d || strings.HasPrefix(p, d+"/") {
 			return true
 		}

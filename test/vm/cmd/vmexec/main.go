@@ -82,7 +82,7 @@ func options(bin string, args []string) (vm.Options, error) {
 
 // hidden reports directories the guest mounts over.
 func hidden(dir string) bool {
-	for _, d := range []string{"/tmp", "/run", "/proc", "/sys", "/dev"} {
+	for _, d := range []string{"/proc", "/sys", "/dev"} {
 		if dir == d || strings.HasPrefix(dir, d+"/") {
 			return true
 		}
