@@ -152,21 +152,12 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	snap := p.src.Apply()
 	res := SyncResult{Time: start, Full: full, ServiceChanges: snap.ServiceChanges, EndpointChanges: snap.EndpointChanges}
 
-	var scope Scope
-	var err error
-	if full {
-		scope, res.Services, err = p.prepareFull(ctx, &snap)
-	} else {
-		scope, res.Services, err = p.prepareIncremental(ctx, &snap)
-	}
+	plan, scope, nsvc, err := p.plan(ctx, &snap, full, start)
+	res.Services = nsvc
 	if err != nil {
 		p.needFull = true
 		return p.finish(logger, res, err)
 	}
-	plan := Reconcile(ReconcileInput{
-		Desired: p.desired, Observed: p.observed, Scope: scope, DrainSince: p.drains, Now: start,
-		ExcludeCIDRs: p.cfg.ExcludeCIDRs, DrainTimeout: p.cfg.DrainTimeout,
-	})
 	ar := Apply(ctx, plan, p.ipvs, p.addrs, p.cfg.DummyLink, p.observed)
 	p.drains.Update(scope, plan.Draining, start)
 	clear(p.pendingVS)
@@ -187,6 +178,28 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	res.Ops = ar.Counts
 	return p.finish(logger, res, ar.Err)
+}
+
+// plan updates the model from snap (every Service when full, the changed ones
+// otherwise) and reconciles it against the cached kernel state. It returns the
+// plan, its scope and the number of Services rebuilt.
+func (p *Proxier) plan(ctx context.Context, snap *endpoints.Snapshot, full bool, now time.Time) (Plan, Scope, int, error) {
+	var scope Scope
+	var n int
+	var err error
+	if full {
+		scope, n, err = p.prepareFull(ctx, snap)
+	} else {
+		scope, n, err = p.prepareIncremental(ctx, snap)
+	}
+	if err != nil {
+		return Plan{}, Scope{}, n, err
+	}
+	plan := Reconcile(ReconcileInput{
+		Desired: p.desired, Observed: p.observed, Scope: scope, DrainSince: p.drains, Now: now,
+		ExcludeCIDRs: p.cfg.ExcludeCIDRs, DrainTimeout: p.cfg.DrainTimeout,
+	})
+	return plan, scope, n, nil
 }
 
 // finish records and logs a sync's result.
