@@ -127,7 +127,7 @@ func TestServiceTypes(t *testing.T) {
 		name:     "ready endpoints only, terminating ones as fallback",
 		services: []*endpoints.Service{makeService("ns/web", "10.0.0.1", port("http", "TCP", 80)), makeService("ns/old", "10.0.0.2", port("http", "TCP", 80))},
 		eps: map[endpoints.ServicePortName][]*endpoints.Endpoint{
-			web:                         makeEndpoints("10.1.0.1:8080", "!10.1.0.2:8080", "~10.1.0.3:8080"),
+			web:                          makeEndpoints("10.1.0.1:8080", "!10.1.0.2:8080", "~10.1.0.3:8080"),
 			spn("ns/old", "http", "TCP"): makeEndpoints("!10.1.0.4:8080", "~10.1.0.5:8080"),
 		},
 		paths: []path{
