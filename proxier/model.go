@@ -177,10 +177,10 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 	sel := selectEndpoints(sp, eps, b.node)
 	var internal, external rsCache
 	add := func(kind Kind, addr netip.Addr, port uint16, rs *rsCache, set []*endpoints.Endpoint) {
-		if !addr.IsValid() || excluded(addr, b.cfg.ExcludeCIDRs) {
+		addr = addr.Unmap()
+		if !addr.IsValid() || excluded(addr, b.cfg.ExcludeCIDRs) || !sameFamilyAsCluster(addr, sp.ClusterIPs) {
 			return
 		}
-		addr = addr.Unmap()
 		v := vs
 		v.VirtualServerKey = ipvs.VirtualServerKey{Address: addr, Protocol: proto, Port: port}
 		if _, dup := b.sm.VirtualServers[v.VirtualServerKey]; dup {
@@ -211,6 +211,22 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 		}
 	}
 	return nil
+}
+
+// sameFamilyAsCluster reports whether a has the family of one of the cluster IPs.
+// kube-proxy runs one proxier per family and each skips Services without a
+// cluster IP of its family, so an IPv4-only Service gets no NodePort on the
+// node's IPv6 addresses and ignores IPv6 external IPs; kipvs does the same.
+func sameFamilyAsCluster(a netip.Addr, clusterIPs []netip.Addr) bool {
+	if len(clusterIPs) == 0 {
+		return true
+	}
+	for _, c := range clusterIPs {
+		if c.Unmap().Is4() == a.Is4() {
+			return true
+		}
+	}
+	return false
 }
 
 // rsCache builds a port's real-server set once per address family, so that every

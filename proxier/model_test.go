@@ -71,18 +71,38 @@ func TestServiceTypes(t *testing.T) {
 		},
 		bound: []string{"10.0.0.10"},
 	}, {
-		name:     "NodePort on every node IP but not loopback or link-local",
+		name:     "NodePort on every node IP of the Service's families, not loopback or link-local",
 		services: []*endpoints.Service{makeService("ns/web", "10.0.0.1", port("http", "TCP", 80), nodePort(30080))},
-		eps:      map[endpoints.ServicePortName][]*endpoints.Endpoint{web: makeEndpoints("10.1.0.1:8080", "[fd00::1]:8080")},
+		eps:      map[endpoints.ServicePortName][]*endpoints.Endpoint{web: makeEndpoints("10.1.0.1:8080")},
 		paths: []path{
 			{"10.0.0.1", 80, ipvs.TCP, []string{"10.1.0.1:8080 w1"}},
 			{"192.168.1.10", 30080, ipvs.TCP, []string{"10.1.0.1:8080 w1"}},
 			{"172.16.0.10", 30080, ipvs.TCP, []string{"10.1.0.1:8080 w1"}},
-			{"2001:db8::10", 30080, ipvs.TCP, []string{"[fd00::1]:8080 w1"}},
+			{"2001:db8::10", 30080, ipvs.TCP, nil},
 			{"127.0.0.1", 30080, ipvs.TCP, nil},
 			{"fe80::10", 30080, ipvs.TCP, nil},
 		},
 		bound: []string{"10.0.0.1"},
+	}, {
+		name:     "dual-stack NodePort",
+		services: []*endpoints.Service{makeService("ns/web", "10.0.0.1,fd00:10::1", port("http", "TCP", 80), nodePort(30080))},
+		eps:      map[endpoints.ServicePortName][]*endpoints.Endpoint{web: makeEndpoints("10.1.0.1:8080", "[fd00::1]:8080")},
+		paths: []path{
+			{"192.168.1.10", 30080, ipvs.TCP, []string{"10.1.0.1:8080 w1"}},
+			{"2001:db8::10", 30080, ipvs.TCP, []string{"[fd00::1]:8080 w1"}},
+			{"fe80::10", 30080, ipvs.TCP, nil},
+		},
+		bound: []string{"10.0.0.1", "fd00:10::1"},
+	}, {
+		name: "IPv4-only Service ignores IPv6 external IPs",
+		services: []*endpoints.Service{makeService("ns/web", "10.0.0.1",
+			port("http", "TCP", 80), externalIPs("198.51.100.7", "2001:db8:1::7"))},
+		eps: map[endpoints.ServicePortName][]*endpoints.Endpoint{web: makeEndpoints("10.1.0.1:8080")},
+		paths: []path{
+			{"198.51.100.7", 80, ipvs.TCP, []string{"10.1.0.1:8080 w1"}},
+			{"2001:db8:1::7", 80, ipvs.TCP, nil},
+		},
+		bound: []string{"10.0.0.1", "198.51.100.7"},
 	}, {
 		name:     "nodePortAddresses limits NodePort addresses",
 		cfg:      func(c *Config) { c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")} },
