@@ -379,3 +379,35 @@ func TestSetupCreatesLinkAndSetsTimeouts(t *testing.T) {
 		t.Errorf("timeouts = %+v, want TCP 1h and UDP left alone", got)
 	}
 }
+
+func TestRunSyncsOnQueueSyncUntilCancelled(t *testing.T) {
+	h := newHarness(t, testConfig(), "", defaultNodeAddrs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.p.Run(ctx)
+	}()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitFor("the first sync", func() bool { return !h.p.LastSync().Time.IsZero() })
+	waitFor("the runner to wait", h.clk.HasWaiters)
+	h.src.setService(makeService("ns/web", "10.0.0.1", port("http", "TCP", 80)))
+	h.p.QueueSync()
+	h.clk.Step(time.Second) // MinSyncPeriod
+	waitFor("the queued sync", func() bool { return h.virtualServer(vsKey("10.0.0.1", 80, ipvs.TCP)) != nil })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
