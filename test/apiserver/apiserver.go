@@ -53,7 +53,8 @@ type Options struct {
 	BinDir string
 	// Dir is the working directory (etcd data, certificates, logs,
 	// kubeconfigs). Empty means a new temporary directory that Stop removes;
-	// a given Dir is kept.
+	// a given Dir is created if needed and kept. Use an unused one: old etcd
+	// data there would be served with new certificates and keys.
 	Dir string
 	// ServiceClusterIPRange is --service-cluster-ip-range; empty means
 	// DefaultServiceClusterIPRange.
@@ -131,8 +132,8 @@ func Available() (reason string, ok bool) {
 
 // Start starts etcd and kube-apiserver on free 127.0.0.1 ports and waits until
 // /readyz answers ok. On error nothing is left running.
-func Start(ctx context.Context, opts Options) (s *Server, err error) {
-	s = &Server{binDir: opts.BinDir, Dir: opts.Dir, readyWait: opts.ReadyTimeout}
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	s := &Server{binDir: opts.BinDir, Dir: opts.Dir, readyWait: opts.ReadyTimeout}
 	if s.binDir == "" {
 		s.binDir = BinDir()
 	}
@@ -140,32 +141,36 @@ func Start(ctx context.Context, opts Options) (s *Server, err error) {
 		s.readyWait = defaultReadyWait
 	}
 	if s.Dir == "" {
-		if s.Dir, err = os.MkdirTemp("", "kipvs-apiserver-"); err != nil {
+		dir, err := os.MkdirTemp("", "kipvs-apiserver-")
+		if err != nil {
 			return nil, err
 		}
-		s.ownDir = true
+		s.Dir, s.ownDir = dir, true
+	} else if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			_ = s.Stop()
-		}
-	}()
+	if err := s.start(ctx, opts); err != nil {
+		return nil, errors.Join(err, s.Stop())
+	}
+	return s, nil
+}
+
+// start does Start's work after the directory exists; on error the caller
+// stops whatever did start.
+func (s *Server) start(ctx context.Context, opts Options) error {
 	ports, err := freePorts(3)
 	if err != nil {
-		return nil, fmt.Errorf("pick ports: %w", err)
+		return fmt.Errorf("pick ports: %w", err)
 	}
 	s.Port = ports[2]
 	s.URL = "https://127.0.0.1:" + strconv.Itoa(s.Port)
 	if err := s.prepare(opts); err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.startEtcd(ctx, ports[0], ports[1]); err != nil {
-		return nil, err
+		return err
 	}
-	if err := s.RestartAPIServer(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return s.RestartAPIServer(ctx)
 }
 
 // prepare writes certificates, the token file and the admin kubeconfig, and
@@ -184,7 +189,8 @@ func (s *Server) prepare(opts Options) error {
 	if err := os.WriteFile(tokens, []byte(line), 0o600); err != nil {
 		return err
 	}
-	if s.AdminKubeconfig, err = s.TokenKubeconfig(s.AdminToken, ""); err != nil {
+	s.AdminKubeconfig = filepath.Join(s.Dir, "admin.kubeconfig")
+	if err := s.writeKubeconfig(s.AdminKubeconfig, s.AdminToken, ""); err != nil {
 		return err
 	}
 	if s.httpClient, err = s.newHTTPClient(); err != nil {
@@ -258,6 +264,18 @@ func (s *Server) StopAPIServer() error {
 		return nil
 	}
 	return p.stop()
+}
+
+// KillAPIServer kills kube-apiserver with SIGKILL, like a crash: clients see
+// connections reset instead of a graceful shutdown. etcd keeps running.
+func (s *Server) KillAPIServer() {
+	s.mu.Lock()
+	p := s.apiserver
+	s.apiserver = nil
+	s.mu.Unlock()
+	if p != nil {
+		p.kill()
+	}
 }
 
 // RestartAPIServer starts kube-apiserver (stopping it first if it runs) with

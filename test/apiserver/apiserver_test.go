@@ -92,23 +92,33 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
-	t.Run("restart keeps state", func(t *testing.T) {
-		if err := s.StopAPIServer(); err != nil {
-			t.Fatal(err)
-		}
-		if s.APIServerRunning() {
-			t.Fatal("APIServerRunning after StopAPIServer")
-		}
-		if _, err := admin.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{}); err == nil {
-			t.Fatal("Get succeeded while the API server was stopped")
-		}
-		start := time.Now()
-		if err := s.RestartAPIServer(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("API server back in %v", time.Since(start).Round(time.Millisecond))
-		checkListed(t, admin, ns, "web", []string{"10.244.1.5", "10.244.2.7"})
-	})
+	for _, tc := range []struct {
+		name string
+		down func() error
+	}{
+		{"graceful stop", s.StopAPIServer},
+		{"kill", func() error { s.KillAPIServer(); return nil }},
+	} {
+		t.Run("restart after "+tc.name+" keeps state", func(t *testing.T) {
+			start := time.Now()
+			if err := tc.down(); err != nil {
+				t.Fatal(err)
+			}
+			stopped := time.Since(start)
+			if s.APIServerRunning() {
+				t.Fatal("APIServerRunning after stopping it")
+			}
+			if _, err := admin.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{}); err == nil {
+				t.Fatal("Get succeeded while the API server was down")
+			}
+			start = time.Now()
+			if err := s.RestartAPIServer(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("API server down in %v, back in %v", stopped.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+			checkListed(t, admin, ns, "web", []string{"10.244.1.5", "10.244.2.7"})
+		})
+	}
 }
 
 // TestBinaryVersions checks that every built binary reports its release, not

@@ -88,7 +88,7 @@ main() {
 	mv "${tmp}" "${bin}"
 	trap - EXIT
 	echo "built in $(($(date +%s) - start)) s:"
-	"${bin}/kubectl" version --client 2>/dev/null | head -1
+	"${bin}/kubectl" version --client || true
 	ls -l "${bin}"
 }
 

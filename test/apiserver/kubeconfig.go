@@ -58,16 +58,17 @@ current-context: kipvs-test
 // path. The file name depends on token and server, so different calls do not
 // overwrite each other.
 func (s *Server) TokenKubeconfig(token, server string) (path string, err error) {
-	data, err := s.TokenKubeconfigData(token, server)
-	if err != nil {
-		return "", err
-	}
 	sum := sha256.Sum256([]byte(token + "\x00" + server))
 	path = filepath.Join(s.Dir, "kubeconfig-"+hex.EncodeToString(sum[:6]))
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return "", err
+	return path, s.writeKubeconfig(path, token, server)
+}
+
+func (s *Server) writeKubeconfig(path, token, server string) error {
+	data, err := s.TokenKubeconfigData(token, server)
+	if err != nil {
+		return err
 	}
-	return path, nil
+	return os.WriteFile(path, data, 0o600)
 }
 
 // newHTTPClient returns a client that trusts only our CA, for health checks.

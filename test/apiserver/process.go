@@ -78,6 +78,14 @@ func (p *process) stop() error {
 	return nil
 }
 
+// kill sends SIGKILL and waits for the exit.
+func (p *process) kill() {
+	if p.running() {
+		_ = p.cmd.Process.Kill()
+	}
+	<-p.done
+}
+
 // waitReady polls check every 100 ms until it succeeds, the process exits or
 // ctx ends; failures carry the tail of the process log.
 func (p *process) waitReady(ctx context.Context, check func(context.Context) error) error {

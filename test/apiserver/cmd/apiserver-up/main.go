@@ -2,15 +2,17 @@
 // test/apiserver/build.sh), prints how to reach them and runs until SIGINT or
 // SIGTERM. The demo and manual debugging use it:
 //
-//	go run ./test/apiserver/cmd/apiserver-up [-dir DIR] [-vm-server https://10.0.2.100:PORT]
+//	go run ./test/apiserver/cmd/apiserver-up [-dir DIR] [-vm-address 10.0.2.100]
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -19,15 +21,15 @@ import (
 
 func main() {
 	dir := flag.String("dir", "", "working directory to keep (default: a temporary one, removed on exit)")
-	vmServer := flag.String("vm-server", "", "also write an admin kubeconfig with this server URL, e.g. https://10.0.2.100:PORT")
+	vmAddress := flag.String("vm-address", "", "also write an admin kubeconfig for https://ADDRESS:PORT, e.g. 10.0.2.100 (the test VM's guestfwd address)")
 	flag.Parse()
-	if err := run(*dir, *vmServer); err != nil {
+	if err := run(*dir, *vmAddress); err != nil {
 		fmt.Fprintln(os.Stderr, "apiserver-up:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, vmServer string) error {
+func run(dir, vmAddress string) error {
 	if reason, ok := apiserver.Available(); !ok {
 		return fmt.Errorf("%s", reason)
 	}
@@ -42,7 +44,8 @@ func run(dir, vmServer string) error {
 	fmt.Printf("kube-apiserver ready in %v\n", time.Since(start).Round(time.Millisecond))
 	fmt.Printf("URL:        %s\nkubeconfig: %s\nCA:         %s\netcd:       %s\nlogs:       %s/{etcd,kube-apiserver}.log\n",
 		s.URL, s.AdminKubeconfig, s.CAFile, s.EtcdURL, s.Dir)
-	if vmServer != "" {
+	if vmAddress != "" {
+		vmServer := "https://" + net.JoinHostPort(vmAddress, strconv.Itoa(s.Port))
 		path, err := s.TokenKubeconfig(s.AdminToken, vmServer)
 		if err != nil {
 			return err
