@@ -37,6 +37,32 @@ type NodeInfo struct {
 	// LoadBalancer IP that is local is not bound to the dummy link (kube-proxy does
 	// the same): the address already routes to this host.
 	LocalAddrs []netip.Addr
+	// NoIPv4 and NoIPv6 say that the node lacks an address family (no address of
+	// it at all, not even on loopback: IPv6 disabled). Virtual servers and VIPs
+	// of a missing family are skipped rather than failing in the kernel once per
+	// Service; the proxier logs the missing family once.
+	NoIPv4, NoIPv6 bool
+}
+
+// hasFamily reports whether the node can serve addresses of a's family.
+func (n *NodeInfo) hasFamily(a netip.Addr) bool {
+	if a.Is6() {
+		return !n.NoIPv6
+	}
+	return !n.NoIPv4
+}
+
+// FamiliesFrom sets NoIPv4 and NoIPv6 from the node's local addresses (those of
+// every link, loopback included: the kernel gives lo ::1 unless IPv6 is disabled).
+func (n *NodeInfo) FamiliesFrom(local []netip.Addr) {
+	n.NoIPv4, n.NoIPv6 = true, true
+	for _, a := range local {
+		if a.Unmap().Is4() {
+			n.NoIPv4 = false
+		} else {
+			n.NoIPv6 = false
+		}
+	}
 }
 
 // isLocal reports whether a is one of the node's own addresses.
@@ -79,6 +105,61 @@ type DesiredVirtualServer struct {
 	// Port is the Service port this virtual server serves.
 	Port endpoints.ServicePortName
 	Kind Kind
+	// NoLocalEndpoints is true when the virtual server follows a Local traffic
+	// policy (internalTrafficPolicy for KindClusterIP, externalTrafficPolicy for
+	// the others) and this node has no usable local endpoint while the cluster has
+	// some: it has no real server, and traffic to it is meant to be dropped, as
+	// kube-proxy's iptables and nftables modes do. IPVS alone rejects it with an
+	// ICMP port unreachable; a netfilter DROP for external sources matches
+	// kube-proxy exactly (in-cluster sources are redirected to the cluster IP first).
+	NoLocalEndpoints bool
+}
+
+// FamilyCounts counts per IP family.
+type FamilyCounts struct {
+	IPv4, IPv6 int
+}
+
+// add adds n to the count of a's family.
+func (c *FamilyCounts) add(a netip.Addr, n int) {
+	if a.Is6() {
+		c.IPv6 += n
+	} else {
+		c.IPv4 += n
+	}
+}
+
+// NoLocalEndpointCounts counts Service ports (per family) whose Local traffic
+// policy finds no local endpoint, for kube-proxy's metric
+// kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy,ip_family}.
+type NoLocalEndpointCounts struct {
+	Internal, External FamilyCounts
+}
+
+// Add adds o to c.
+func (c *NoLocalEndpointCounts) Add(o NoLocalEndpointCounts) {
+	c.Internal.IPv4 += o.Internal.IPv4
+	c.Internal.IPv6 += o.Internal.IPv6
+	c.External.IPv4 += o.External.IPv4
+	c.External.IPv6 += o.External.IPv6
+}
+
+// Sub subtracts o from c.
+func (c *NoLocalEndpointCounts) Sub(o NoLocalEndpointCounts) {
+	c.Internal.IPv4 -= o.Internal.IPv4
+	c.Internal.IPv6 -= o.Internal.IPv6
+	c.External.IPv4 -= o.External.IPv4
+	c.External.IPv6 -= o.External.IPv6
+}
+
+// HealthCheck is what a Service's healthCheckNodePort server serves.
+type HealthCheck struct {
+	// NodePort is spec.healthCheckNodePort.
+	NodePort uint16
+	// LocalEndpoints counts the distinct addresses of the Service's ready
+	// endpoints on this node, over all of its ports (kube-proxy's
+	// EndpointsMap.LocalReadyEndpoints).
+	LocalEndpoints int
 }
 
 // ServiceModel is everything one Service wants in the kernel.
@@ -88,6 +169,12 @@ type ServiceModel struct {
 	VirtualServers map[ipvs.VirtualServerKey]*DesiredVirtualServer
 	// Addresses are the VIPs this Service needs bound to the dummy link, sorted.
 	Addresses []netip.Addr
+	// NoLocalEndpoints counts the Service's ports whose Local policy finds no
+	// local endpoint.
+	NoLocalEndpoints NoLocalEndpointCounts
+	// HealthCheck is set for a LoadBalancer Service with externalTrafficPolicy
+	// Local and a healthCheckNodePort.
+	HealthCheck *HealthCheck
 	// Err is a Service-scoped problem (invalid Service, unknown scheduler, a
 	// virtual server claimed by another Service). It names the Service and the reason.
 	Err error
@@ -145,6 +232,7 @@ func BuildService(svc *endpoints.Service, eps endpoints.EndpointsMap, node NodeI
 			return ServiceModel{Name: svc.Name, Err: fmt.Errorf("service %s: %w", svc.Name, err)}
 		}
 	}
+	sm.HealthCheck = healthCheck(svc, eps, node.Name)
 	slices.SortFunc(sm.Addresses, netip.Addr.Compare)
 	sm.Addresses = slices.Compact(sm.Addresses)
 	return sm
@@ -176,9 +264,12 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 	}
 	sel := selectEndpoints(sp, eps, b.node)
 	var internal, external rsCache
+	// counted[policy][family] notes a port already counted without local endpoints.
+	var counted [2][2]bool
 	add := func(kind Kind, addr netip.Addr, port uint16, rs *rsCache, set []*endpoints.Endpoint) {
 		addr = addr.Unmap()
-		if !addr.IsValid() || excluded(addr, b.cfg.ExcludeCIDRs) || !sameFamilyAsCluster(addr, sp.ClusterIPs) {
+		if !addr.IsValid() || excluded(addr, b.cfg.ExcludeCIDRs) || !sameFamilyAsCluster(addr, sp.ClusterIPs) ||
+			!b.node.hasFamily(addr) {
 			return
 		}
 		v := vs
@@ -189,8 +280,20 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 		if b.sm.VirtualServers == nil {
 			b.sm.VirtualServers = make(map[ipvs.VirtualServerKey]*DesiredVirtualServer, 4)
 		}
+		noLocal, policy, counts := sel.noLocalExternal, 1, &b.sm.NoLocalEndpoints.External
+		if kind == KindClusterIP {
+			noLocal, policy, counts = sel.noLocalInternal, 0, &b.sm.NoLocalEndpoints.Internal
+		}
+		fam := 0
+		if addr.Is6() {
+			fam = 1
+		}
+		if noLocal && !counted[policy][fam] {
+			counted[policy][fam] = true
+			counts.add(addr, 1)
+		}
 		b.sm.VirtualServers[v.VirtualServerKey] = &DesiredVirtualServer{
-			VirtualServer: v, RealServers: rs.get(set, addr.Is6()), Port: sp.Name, Kind: kind,
+			VirtualServer: v, RealServers: rs.get(set, addr.Is6()), Port: sp.Name, Kind: kind, NoLocalEndpoints: noLocal,
 		}
 		if kind != KindNodePort && !b.node.isLocal(addr) {
 			b.sm.Addresses = append(b.sm.Addresses, addr)
@@ -264,9 +367,40 @@ func realServers(set []*endpoints.Endpoint, is6 bool) map[ipvs.RealServerKey]ipv
 }
 
 // selected are the endpoints a Service port sends traffic to: internal for
-// ClusterIPs, external for NodePorts, ExternalIPs and LoadBalancer IPs.
+// ClusterIPs, external for NodePorts, ExternalIPs and LoadBalancer IPs. The
+// noLocal flags say that a Local policy left a set empty while the cluster has
+// usable endpoints.
 type selected struct {
-	internal, external []*endpoints.Endpoint
+	internal, external               []*endpoints.Endpoint
+	noLocalInternal, noLocalExternal bool
+}
+
+// healthCheck returns the health check of a LoadBalancer Service with
+// externalTrafficPolicy Local, nil for other Services.
+func healthCheck(svc *endpoints.Service, eps endpoints.EndpointsMap, nodeName string) *HealthCheck {
+	var hc *HealthCheck
+	var local map[netip.Addr]struct{}
+	for _, sp := range svc.Ports {
+		if sp.HealthCheckNodePort == 0 {
+			continue
+		}
+		if hc == nil {
+			hc = &HealthCheck{NodePort: sp.HealthCheckNodePort}
+			local = map[netip.Addr]struct{}{}
+		}
+	}
+	if hc == nil {
+		return nil
+	}
+	for _, sp := range svc.Ports {
+		for _, ep := range eps[sp.Name] {
+			if ep.Ready && nodeName != "" && ep.NodeName == nodeName {
+				local[ep.Address.Unmap()] = struct{}{}
+			}
+		}
+	}
+	hc.LocalEndpoints = len(local)
+	return hc
 }
 
 // excluded reports whether a lies in one of the excluded prefixes.
@@ -332,7 +466,10 @@ func (c claims) resolve(sm *ServiceModel) *ServiceModel {
 		return sm
 	}
 	slices.SortFunc(lost, ipvs.VirtualServerKey.Compare)
-	out := &ServiceModel{Name: sm.Name, VirtualServers: make(map[ipvs.VirtualServerKey]*DesiredVirtualServer, len(sm.VirtualServers))}
+	out := &ServiceModel{
+		Name: sm.Name, NoLocalEndpoints: sm.NoLocalEndpoints, HealthCheck: sm.HealthCheck,
+		VirtualServers: make(map[ipvs.VirtualServerKey]*DesiredVirtualServer, len(sm.VirtualServers)),
+	}
 	for k, dvs := range sm.VirtualServers {
 		if !slices.Contains(lost, k) {
 			out.VirtualServers[k] = dvs

@@ -166,11 +166,14 @@ func TestServiceTypes(t *testing.T) {
 		},
 		bound: []string{"10.0.0.1"},
 	}, {
-		name: "externalTrafficPolicy Local without local endpoints falls back to cluster (IPVS mode)",
+		name: "externalTrafficPolicy Local without local endpoints: no real server (no fallback to cluster, unlike IPVS mode)",
 		services: []*endpoints.Service{makeService("ns/web", "10.0.0.1",
 			port("http", "TCP", 80), nodePort(30080), externalLocal())},
-		eps:   map[endpoints.ServicePortName][]*endpoints.Endpoint{web: makeEndpoints("10.1.0.2:8080@node2")},
-		paths: []path{{"192.168.1.10", 30080, ipvs.TCP, []string{"10.1.0.2:8080 w1"}}},
+		eps: map[endpoints.ServicePortName][]*endpoints.Endpoint{web: makeEndpoints("10.1.0.2:8080@node2")},
+		paths: []path{
+			{"192.168.1.10", 30080, ipvs.TCP, []string{}}, // present, empty: IPVS rejects
+			{"10.0.0.1", 80, ipvs.TCP, []string{"10.1.0.2:8080 w1"}},
+		},
 		bound: []string{"10.0.0.1"},
 	}, {
 		name: "excluded CIDRs get no virtual server",
