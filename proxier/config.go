@@ -42,4 +42,6 @@ type Config struct {
 	Timeouts ipvs.Timeouts
 	// DrainTimeout bounds how long a removed real server drains (weight 0) before it is deleted.
 	DrainTimeout time.Duration
+	// Conntrack sizes and times the kernel's connection tracking table; Setup applies it.
+	Conntrack ConntrackConfig
 }
