@@ -82,6 +82,10 @@ type Proxier struct {
 	needFull     bool
 	lastFull     time.Time
 
+	// status and observers publish what syncs do (status.go).
+	status    statusState
+	observers []SyncObserver
+
 	mu   sync.Mutex
 	last SyncResult
 }
@@ -129,6 +133,7 @@ func (p *Proxier) Run(ctx context.Context) {
 
 // QueueSync asks for a sync; informer event handlers call it. Requests merge.
 func (p *Proxier) QueueSync() {
+	p.notifyQueued()
 	p.runner.Run()
 }
 
@@ -177,6 +182,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.needFull = true
 	}
 	res.Ops = ar.Counts
+	p.publishStatus(&snap, full, start)
 	return p.finish(logger, res, ar.Err)
 }
 
@@ -213,6 +219,7 @@ func (p *Proxier) finish(logger klog.Logger, res SyncResult, err error) error {
 	p.mu.Lock()
 	p.last = res
 	p.mu.Unlock()
+	defer p.notifySynced(res)
 	writes := 0
 	for _, c := range res.Ops {
 		writes += c.Succeeded + c.Failed
@@ -368,6 +375,7 @@ func (p *Proxier) resolveInto(name types.NamespacedName, scope *Scope) {
 		}
 	}
 	delete(p.svcErrs, name)
+	p.status.touch(name)
 	if eff == nil {
 		delete(p.effective, name)
 		return
