@@ -81,6 +81,8 @@ type Proxier struct {
 	pendingAddrs map[netip.Addr]struct{}
 	needFull     bool
 	lastFull     time.Time
+	// nf manages ipsets, iptables rules and kernel settings (netfilter.go); nil when not used.
+	nf *netfilter
 
 	// status and observers publish what syncs do (status.go).
 	status    statusState
@@ -123,7 +125,7 @@ func (p *Proxier) Setup(ctx context.Context) error {
 			return fmt.Errorf("setting IPVS timeouts (tcp %s, tcpfin %s, udp %s): %w", t.TCP, t.TCPFin, t.UDP, err)
 		}
 	}
-	return nil
+	return p.nf.setup(ctx, &p.cfg)
 }
 
 // Run syncs until ctx is cancelled.
@@ -183,7 +185,8 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	res.Ops = ar.Counts
 	p.publishStatus(&snap, full, start)
-	return p.finish(logger, res, ar.Err)
+	nfErr := p.syncNetfilter(ctx, full, &snap)
+	return p.finish(logger, res, errors.Join(ar.Err, nfErr))
 }
 
 // plan updates the model from snap (every Service when full, the changed ones
@@ -375,6 +378,7 @@ func (p *Proxier) resolveInto(name types.NamespacedName, scope *Scope) {
 		}
 	}
 	delete(p.svcErrs, name)
+	p.nf.markDirty(name)
 	p.status.touch(name)
 	if eff == nil {
 		delete(p.effective, name)

@@ -1,0 +1,380 @@
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/kipvs/kipvs/endpoints"
+	"github.com/kipvs/kipvs/ipvs"
+)
+
+// SetID names one of kipvs's ipsets, for either family.
+type SetID uint8
+
+// kipvs's ipsets. Per-Service membership lives in them, so the iptables rules
+// (BuildRules) are a fixed set that does not grow with the number of Services.
+const (
+	// SetClusterIP holds clusterIP,proto:port of every ClusterIP virtual server.
+	SetClusterIP SetID = iota
+	// SetExternal holds externalIP/loadBalancerIP,proto:port with
+	// externalTrafficPolicy Cluster: always masqueraded.
+	SetExternal
+	// SetExternalLocal holds the same with externalTrafficPolicy Local: never
+	// masqueraded, so the backend sees the client's address.
+	SetExternalLocal
+	// SetLBFirewall holds loadBalancerIP,proto:port of ports with loadBalancerSourceRanges.
+	SetLBFirewall
+	// SetLBSourceCIDR holds loadBalancerIP,proto:port,sourceRange: the allowed sources.
+	SetLBSourceCIDR
+	// SetLoopBack holds endpointIP,proto:port,endpointIP of this node's
+	// endpoints: a pod reaching itself through a Service (hairpin) is masqueraded.
+	SetLoopBack
+	// SetVIPs holds the addresses kipvs binds to the dummy link: new
+	// connections to them on a port that is not a Service port are rejected
+	// (kube-proxy #72236).
+	SetVIPs
+	// SetNodePortTCP, SetNodePortUDP and SetNodePortSCTP hold the NodePorts
+	// with externalTrafficPolicy Cluster, which are masqueraded.
+	SetNodePortTCP
+	SetNodePortUDP
+	SetNodePortSCTP
+	numSets
+)
+
+// setDefs are the sets' name suffixes and types.
+var setDefs = [numSets]struct{ suffix, typ string }{
+	SetClusterIP:     {"CLUSTER-IP", SetTypeHashIPPort},
+	SetExternal:      {"EXTERNAL", SetTypeHashIPPort},
+	SetExternalLocal: {"EXTERNAL-LOCAL", SetTypeHashIPPort},
+	SetLBFirewall:    {"LB-FIREWALL", SetTypeHashIPPort},
+	SetLBSourceCIDR:  {"LB-SOURCE-CIDR", SetTypeHashIPPortNet},
+	SetLoopBack:      {"LOOP-BACK", SetTypeHashIPPortIP},
+	SetVIPs:          {"VIPS", SetTypeHashIP},
+	SetNodePortTCP:   {"NODE-PORT-TCP", SetTypeBitmapPort},
+	SetNodePortUDP:   {"NODE-PORT-UDP", SetTypeBitmapPort},
+	SetNodePortSCTP:  {"NODE-PORT-SCTP", SetTypeBitmapPort},
+}
+
+// SetName is the kernel name of a set: KIPVS-<suffix> for IPv4, KIPVS6-<suffix> for IPv6.
+func SetName(id SetID, ipv6 bool) string {
+	if ipv6 {
+		return "KIPVS6-" + setDefs[id].suffix
+	}
+	return "KIPVS-" + setDefs[id].suffix
+}
+
+// SetSpec is the spec of a set.
+func SetSpec(id SetID, ipv6 bool) IPSetSpec {
+	return IPSetSpec{Name: SetName(id, ipv6), Type: setDefs[id].typ, IPv6: ipv6 && setDefs[id].typ != SetTypeBitmapPort}
+}
+
+// SetMember is one entry that one Service wants in one set.
+type SetMember struct {
+	Set   SetID
+	IPv6  bool
+	Entry IPSetEntry
+}
+
+// SetName is the kernel name of the member's set.
+func (m SetMember) SetName() string { return SetName(m.Set, m.IPv6) }
+
+// String renders "SET entry".
+func (m SetMember) String() string { return m.SetName() + " " + m.Entry.String() }
+
+// nodePortSet is the NodePort set of a protocol.
+var nodePortSet = map[ipvs.Protocol]SetID{ipvs.TCP: SetNodePortTCP, ipvs.UDP: SetNodePortUDP, ipvs.SCTP: SetNodePortSCTP}
+
+// BuildNetfilterService returns the set entries one Service wants, sorted and
+// without duplicates, from its effective model (only the virtual servers it
+// won), the Service and its endpoints. It is pure, like BuildService.
+//
+//   - ClusterIP virtual servers go to SetClusterIP; ExternalIP and LoadBalancer
+//     ones to SetExternal, or SetExternalLocal with externalTrafficPolicy Local;
+//     NodePorts with externalTrafficPolicy Cluster to the protocol's NodePort set.
+//   - A LoadBalancer port with loadBalancerSourceRanges puts its LB IPs in
+//     SetLBFirewall and each (LB IP, range) of the same family in
+//     SetLBSourceCIDR; ipset refuses a /0, so 0.0.0.0/0 becomes two /1
+//     halves (as kube-proxy does).
+//   - Every real server that is an endpoint on this node goes to SetLoopBack.
+//   - The Service's dummy-link addresses go to SetVIPs.
+func BuildNetfilterService(sm *ServiceModel, svc *endpoints.Service, eps endpoints.EndpointsMap, nodeName string) []SetMember {
+	if sm == nil || svc == nil {
+		return nil
+	}
+	ports := make(map[endpoints.ServicePortName]*endpoints.ServicePort, len(svc.Ports))
+	for _, sp := range svc.Ports {
+		ports[sp.Name] = sp
+	}
+	local := map[endpoints.ServicePortName]map[ipvs.RealServerKey]bool{}
+	isLocal := func(pn endpoints.ServicePortName, k ipvs.RealServerKey) bool {
+		m, ok := local[pn]
+		if !ok {
+			m = map[ipvs.RealServerKey]bool{}
+			for _, ep := range eps[pn] {
+				if nodeName != "" && ep.NodeName == nodeName {
+					m[ipvs.RealServerKey{Address: ep.Address.Unmap(), Port: ep.Port}] = true
+				}
+			}
+			local[pn] = m
+		}
+		return m[k]
+	}
+	var out []SetMember
+	add := func(id SetID, ipv6 bool, e IPSetEntry) {
+		out = append(out, SetMember{Set: id, IPv6: ipv6, Entry: e})
+	}
+	for k, dvs := range sm.VirtualServers {
+		sp := ports[dvs.Port]
+		if sp == nil {
+			continue
+		}
+		v6 := k.Address.Is6()
+		ipPort := IPSetEntry{IP: k.Address, Protocol: k.Protocol, Port: k.Port}
+		switch dvs.Kind {
+		case KindClusterIP:
+			add(SetClusterIP, v6, ipPort)
+		case KindExternalIP, KindLoadBalancer:
+			if sp.ExternalPolicyLocal {
+				add(SetExternalLocal, v6, ipPort)
+			} else {
+				add(SetExternal, v6, ipPort)
+			}
+			if dvs.Kind == KindLoadBalancer && len(sp.LoadBalancerSourceRanges) > 0 {
+				add(SetLBFirewall, v6, ipPort)
+				for _, r := range sourceRanges(sp.LoadBalancerSourceRanges, v6) {
+					add(SetLBSourceCIDR, v6, IPSetEntry{IP: k.Address, Protocol: k.Protocol, Port: k.Port, Net: r})
+				}
+			}
+		case KindNodePort:
+			if !sp.ExternalPolicyLocal {
+				add(nodePortSet[k.Protocol], v6, IPSetEntry{Port: k.Port})
+			}
+		}
+		for rk := range dvs.RealServers {
+			if isLocal(dvs.Port, rk) {
+				add(SetLoopBack, v6, IPSetEntry{IP: rk.Address, Protocol: k.Protocol, Port: rk.Port, IP2: rk.Address})
+			}
+		}
+	}
+	for _, a := range sm.Addresses {
+		add(SetVIPs, a.Is6(), IPSetEntry{IP: a})
+	}
+	slices.SortFunc(out, compareMembers)
+	return slices.Compact(out)
+}
+
+// sourceRanges returns the ranges of one family, masked, with a /0 split in
+// two halves because hash:ip,port,net refuses a zero prefix length.
+func sourceRanges(ranges []netip.Prefix, ipv6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range ranges {
+		r = r.Masked()
+		if !r.IsValid() || r.Addr().Is6() != ipv6 {
+			continue
+		}
+		if r.Bits() == 0 {
+			lo := netip.PrefixFrom(r.Addr(), 1)
+			b := r.Addr().AsSlice()
+			b[0] = 0x80
+			hi, _ := netip.AddrFromSlice(b)
+			out = append(out, lo, netip.PrefixFrom(hi, 1))
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// compareMembers orders members by set, family, then entry.
+func compareMembers(a, b SetMember) int {
+	if a.Set != b.Set {
+		return int(a.Set) - int(b.Set)
+	}
+	if a.IPv6 != b.IPv6 {
+		if a.IPv6 {
+			return 1
+		}
+		return -1
+	}
+	return compareEntries(a.Entry, b.Entry)
+}
+
+// MasqueradeMark is the packet mark bit that asks for masquerading: bit 14,
+// kube-proxy's default, so both can share a node during a takeover and a
+// CNI that honours kube-proxy's bit keeps working.
+const MasqueradeMark = "0x4000"
+
+// RuleConfig is what kipvs's fixed iptables rules depend on.
+type RuleConfig struct {
+	IPv6 bool
+	// ClusterCIDR is the pod range of this family (--cluster-cidr); invalid when not given.
+	ClusterCIDR   netip.Prefix
+	MasqueradeAll bool
+	// RandomFully adds --random-fully to MASQUERADE (iptables >= 1.6.2).
+	RandomFully bool
+}
+
+// Chain is one of kipvs's own chains with its complete rule list.
+type Chain struct {
+	Table, Name string
+	Rules       [][]string
+}
+
+// Jump is a rule kipvs ensures (at the top) of a builtin chain.
+type Jump struct {
+	Table, Chain string
+	Rule         []string
+}
+
+// RuleSet is the complete, fixed iptables configuration of one family.
+type RuleSet struct {
+	Chains []Chain
+	Jumps  []Jump
+}
+
+// The chains kipvs owns.
+const (
+	ChainServices     = "KIPVS-SERVICES"
+	ChainNodePort     = "KIPVS-NODE-PORT"
+	ChainMarkMasq     = "KIPVS-MARK-MASQ"
+	ChainPostrouting  = "KIPVS-POSTROUTING"
+	ChainFirewall     = "KIPVS-FIREWALL"
+	ChainSourceRanges = "KIPVS-SOURCE-RANGES"
+	ChainIPVSFilter   = "KIPVS-IPVS-FILTER"
+	ChainForward      = "KIPVS-FORWARD"
+)
+
+// BuildRules returns kipvs's iptables rules for one family. They depend only
+// on rc, never on Services: which VIPs, ports and endpoints they apply to is
+// the content of the ipsets. The rules are spelled as iptables-save prints
+// them, so a full sync compares them with the kernel's text and writes nothing
+// when they match.
+//
+// nat:
+//   - PREROUTING and OUTPUT jump to KIPVS-SERVICES, which marks for
+//     masquerading: traffic to cluster IPs from outside --cluster-cidr (all of
+//     it with --masquerade-all; without a cluster CIDR, like kube-proxy's IPVS
+//     mode, only traffic whose source is a VIP: the node talking to a Service
+//     from a VIP it picked as source), traffic to external/LB IPs with
+//     externalTrafficPolicy Cluster, and traffic to a local address on a
+//     NodePort with externalTrafficPolicy Cluster.
+//   - POSTROUTING jumps to KIPVS-POSTROUTING: hairpin traffic (an endpoint
+//     reaching itself after IPVS picked it) and marked traffic are masqueraded.
+//
+// filter:
+//   - INPUT and FORWARD jump to KIPVS-FIREWALL: traffic to an LB IP:port with
+//     source ranges from another source is dropped.
+//   - INPUT sends new connections to KIPVS-IPVS-FILTER: traffic to an address
+//     on the dummy link that is not a Service IP:port is rejected (#72236).
+//   - FORWARD jumps to KIPVS-FORWARD, which accepts marked and established
+//     traffic even when the FORWARD policy is DROP.
+func BuildRules(rc RuleConfig) RuleSet {
+	set := func(id SetID) string { return SetName(id, rc.IPv6) }
+	masq := []string{"-j", "MASQUERADE"}
+	if rc.RandomFully {
+		masq = append(masq, "--random-fully")
+	}
+	reject := "icmp-port-unreachable"
+	if rc.IPv6 {
+		reject = "icmp6-port-unreachable"
+	}
+	var clusterMasq []string
+	switch {
+	case rc.MasqueradeAll:
+		clusterMasq = args("-m set --match-set", set(SetClusterIP), "dst,dst -j", ChainMarkMasq)
+	case rc.ClusterCIDR.IsValid():
+		clusterMasq = args("! -s", rc.ClusterCIDR.Masked().String(), "-m set --match-set", set(SetClusterIP), "dst,dst -j", ChainMarkMasq)
+	default:
+		clusterMasq = args("-m set --match-set", set(SetClusterIP), "src,dst -j", ChainMarkMasq)
+	}
+	nodePorts := make([][]string, 0, 3)
+	for _, p := range []struct {
+		proto string
+		id    SetID
+	}{{"tcp", SetNodePortTCP}, {"udp", SetNodePortUDP}, {"sctp", SetNodePortSCTP}} {
+		nodePorts = append(nodePorts, args("-p", p.proto, "-m set --match-set", set(p.id), "dst -j", ChainMarkMasq))
+	}
+	return RuleSet{
+		Chains: []Chain{
+			{Table: "nat", Name: ChainServices, Rules: [][]string{
+				clusterMasq,
+				args("-m set --match-set", set(SetExternal), "dst,dst -j", ChainMarkMasq),
+				args("-m addrtype --dst-type LOCAL -j", ChainNodePort),
+			}},
+			{Table: "nat", Name: ChainNodePort, Rules: nodePorts},
+			{Table: "nat", Name: ChainMarkMasq, Rules: [][]string{args("-j MARK --set-xmark", MasqueradeMark+"/"+MasqueradeMark)}},
+			{Table: "nat", Name: ChainPostrouting, Rules: [][]string{
+				append(args("-m set --match-set", set(SetLoopBack), "dst,dst,src"), masq...),
+				args("-m mark ! --mark", MasqueradeMark+"/"+MasqueradeMark, "-j RETURN"),
+				args("-j MARK --set-xmark", MasqueradeMark+"/0x0"),
+				masq,
+			}},
+			{Table: "filter", Name: ChainFirewall, Rules: [][]string{
+				args("-m set --match-set", set(SetLBFirewall), "dst,dst -j", ChainSourceRanges),
+			}},
+			{Table: "filter", Name: ChainSourceRanges, Rules: [][]string{
+				args("-m set --match-set", set(SetLBSourceCIDR), "dst,dst,src -j RETURN"),
+				args("-j DROP"),
+			}},
+			{Table: "filter", Name: ChainIPVSFilter, Rules: [][]string{
+				args("-m set --match-set", set(SetClusterIP), "dst,dst -j RETURN"),
+				args("-m set --match-set", set(SetExternal), "dst,dst -j RETURN"),
+				args("-m set --match-set", set(SetExternalLocal), "dst,dst -j RETURN"),
+				args("-m set --match-set", set(SetVIPs), "dst -j REJECT --reject-with", reject),
+			}},
+			{Table: "filter", Name: ChainForward, Rules: [][]string{
+				args("-m mark --mark", MasqueradeMark+"/"+MasqueradeMark, "-j ACCEPT"),
+				args("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+			}},
+		},
+		Jumps: []Jump{
+			{Table: "nat", Chain: "PREROUTING", Rule: args("-m comment --comment kipvs-services -j", ChainServices)},
+			{Table: "nat", Chain: "OUTPUT", Rule: args("-m comment --comment kipvs-services -j", ChainServices)},
+			{Table: "nat", Chain: "POSTROUTING", Rule: args("-m comment --comment kipvs-postrouting -j", ChainPostrouting)},
+			{Table: "filter", Chain: "INPUT", Rule: args("-m comment --comment kipvs-firewall -j", ChainFirewall)},
+			{Table: "filter", Chain: "INPUT", Rule: args("-m conntrack --ctstate NEW -m comment --comment kipvs-ipvs-filter -j", ChainIPVSFilter)},
+			{Table: "filter", Chain: "FORWARD", Rule: args("-m comment --comment kipvs-firewall -j", ChainFirewall)},
+			{Table: "filter", Chain: "FORWARD", Rule: args("-m comment --comment kipvs-forward -j", ChainForward)},
+		},
+	}
+}
+
+// args splits space-separated words and appends them in order.
+func args(parts ...string) []string {
+	var out []string
+	for _, p := range parts {
+		out = append(out, strings.Fields(p)...)
+	}
+	return out
+}
+
+// Text renders the rule set as iptables-save would show kipvs's part of it,
+// tables in the order nat, filter: for golden files and logs.
+func (rs RuleSet) Text() string {
+	var b strings.Builder
+	for _, table := range []string{"nat", "filter"} {
+		fmt.Fprintf(&b, "*%s\n", table)
+		for _, c := range rs.Chains {
+			if c.Table == table {
+				fmt.Fprintf(&b, ":%s\n", c.Name)
+			}
+		}
+		for _, j := range rs.Jumps {
+			if j.Table == table {
+				fmt.Fprintf(&b, "-A %s %s\n", j.Chain, strings.Join(j.Rule, " "))
+			}
+		}
+		for _, c := range rs.Chains {
+			if c.Table != table {
+				continue
+			}
+			for _, r := range c.Rules {
+				fmt.Fprintf(&b, "-A %s %s\n", c.Name, strings.Join(r, " "))
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
