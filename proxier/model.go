@@ -262,11 +262,15 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 		// the source port is hashed too; matching it keeps a takeover write-free.
 		vs.Flags |= ipvs.FlagSHPort
 	}
-	sel := selectEndpoints(sp, eps, b.node)
+	// Each family selects from its own endpoints, as kube-proxy's per-family
+	// proxiers do: the terminating fallback, topology and Local policies are
+	// decided per family.
+	v4, v6 := splitFamilies(eps)
+	sels := [2]selected{selectEndpoints(sp, v4, b.node), selectEndpoints(sp, v6, b.node)}
 	var internal, external rsCache
 	// counted[policy][family] notes a port already counted without local endpoints.
 	var counted [2][2]bool
-	add := func(kind Kind, addr netip.Addr, port uint16, rs *rsCache, set []*endpoints.Endpoint) {
+	add := func(kind Kind, addr netip.Addr, port uint16, rs *rsCache) {
 		addr = addr.Unmap()
 		if !addr.IsValid() || excluded(addr, b.cfg.ExcludeCIDRs) || !sameFamilyAsCluster(addr, sp.ClusterIPs) ||
 			!b.node.hasFamily(addr) {
@@ -280,13 +284,14 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 		if b.sm.VirtualServers == nil {
 			b.sm.VirtualServers = make(map[ipvs.VirtualServerKey]*DesiredVirtualServer, 4)
 		}
-		noLocal, policy, counts := sel.noLocalExternal, 1, &b.sm.NoLocalEndpoints.External
-		if kind == KindClusterIP {
-			noLocal, policy, counts = sel.noLocalInternal, 0, &b.sm.NoLocalEndpoints.Internal
-		}
 		fam := 0
 		if addr.Is6() {
 			fam = 1
+		}
+		sel := &sels[fam]
+		set, noLocal, policy, counts := sel.external, sel.noLocalExternal, 1, &b.sm.NoLocalEndpoints.External
+		if kind == KindClusterIP {
+			set, noLocal, policy, counts = sel.internal, sel.noLocalInternal, 0, &b.sm.NoLocalEndpoints.Internal
 		}
 		if noLocal && !counted[policy][fam] {
 			counted[policy][fam] = true
@@ -300,20 +305,47 @@ func (b *serviceBuilder) addPort(sp *endpoints.ServicePort, eps []*endpoints.End
 		}
 	}
 	for _, ip := range sp.ClusterIPs {
-		add(KindClusterIP, ip, sp.Port, &internal, sel.internal)
+		add(KindClusterIP, ip, sp.Port, &internal)
 	}
 	for _, ip := range sp.ExternalIPs {
-		add(KindExternalIP, ip, sp.Port, &external, sel.external)
+		add(KindExternalIP, ip, sp.Port, &external)
 	}
 	for _, ip := range sp.LoadBalancerIPs {
-		add(KindLoadBalancer, ip, sp.Port, &external, sel.external)
+		add(KindLoadBalancer, ip, sp.Port, &external)
 	}
 	if sp.NodePort != 0 {
 		for _, ip := range b.node.IPs {
-			add(KindNodePort, ip, sp.NodePort, &external, sel.external)
+			add(KindNodePort, ip, sp.NodePort, &external)
 		}
 	}
 	return nil
+}
+
+// splitFamilies splits endpoints by address family, keeping their order. The
+// common single-family case returns eps itself.
+func splitFamilies(eps []*endpoints.Endpoint) (v4, v6 []*endpoints.Endpoint) {
+	n6 := 0
+	for _, e := range eps {
+		if e.Address.Unmap().Is6() {
+			n6++
+		}
+	}
+	switch n6 {
+	case 0:
+		return eps, nil
+	case len(eps):
+		return nil, eps
+	}
+	v4 = make([]*endpoints.Endpoint, 0, len(eps)-n6)
+	v6 = make([]*endpoints.Endpoint, 0, n6)
+	for _, e := range eps {
+		if e.Address.Unmap().Is6() {
+			v6 = append(v6, e)
+		} else {
+			v4 = append(v4, e)
+		}
+	}
+	return v4, v6
 }
 
 // sameFamilyAsCluster reports whether a has the family of one of the cluster IPs.

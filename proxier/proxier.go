@@ -81,6 +81,8 @@ type Proxier struct {
 	pendingAddrs map[netip.Addr]struct{}
 	needFull     bool
 	lastFull     time.Time
+	// sem is conntrack clearing, health checks, drain polling (semantics.go).
+	sem semantics
 	// nf manages ipsets, iptables rules and kernel settings (netfilter.go); nil when not used.
 	nf *netfilter
 
@@ -93,7 +95,7 @@ type Proxier struct {
 }
 
 // New returns a Proxier; it only builds structs. Call Setup, then Run.
-func New(cfg Config, src Source, ipv ipvs.Interface, addrs Addresses, clk clock.Clock) *Proxier {
+func New(cfg Config, src Source, ipv ipvs.Interface, addrs Addresses, clk clock.Clock, opts ...Option) *Proxier {
 	if cfg.DummyLink == "" {
 		cfg.DummyLink = DefaultDummyLink
 	}
@@ -111,6 +113,9 @@ func New(cfg Config, src Source, ipv ipvs.Interface, addrs Addresses, clk clock.
 		needFull:     true,
 	}
 	p.runner = NewRunner(p.Sync, cfg.MinSyncPeriod, cfg.SyncPeriod, clk)
+	for _, o := range opts {
+		o(p)
+	}
 	return p
 }
 
@@ -165,8 +170,10 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.needFull = true
 		return p.finish(logger, res, err)
 	}
+	ctTargets := p.beforeApply(plan)
 	ar := Apply(ctx, plan, p.ipvs, p.addrs, p.cfg.DummyLink, p.observed)
 	p.drains.Update(scope, plan.Draining, start)
+	p.afterApply(ctx, ctTargets, start)
 	clear(p.pendingVS)
 	clear(p.pendingAddrs)
 	for _, k := range ar.FailedVirtualServers {
@@ -263,6 +270,7 @@ func (p *Proxier) prepareFull(ctx context.Context, snap *endpoints.Snapshot) (Sc
 		}
 	}
 	p.effective = m.Services
+	p.sem.healthAll = true
 	p.desired = NewDesired(m)
 	for k := range p.desired.VirtualServers {
 		p.observed.Owned[k] = struct{}{}
@@ -277,6 +285,7 @@ func (p *Proxier) refreshNode(ctx context.Context, node endpoints.Node) error {
 		return fmt.Errorf("listing node addresses: %w", err)
 	}
 	p.node = NodeInfo{Node: node, IPs: NodePortIPs(local, p.cfg.NodePortAddresses), LocalAddrs: local}
+	p.noteFamilies(ctx, local)
 	return nil
 }
 
@@ -378,6 +387,7 @@ func (p *Proxier) resolveInto(name types.NamespacedName, scope *Scope) {
 		}
 	}
 	delete(p.svcErrs, name)
+	p.sem.touch(name)
 	p.nf.markDirty(name)
 	p.status.touch(name)
 	if eff == nil {

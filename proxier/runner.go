@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -20,7 +21,9 @@ const (
 //   - a run happens at least every MaxInterval even without requests;
 //   - when the work returns an error, it runs again after a backoff (doubling
 //     from RetryInitial to RetryMax, never sooner than MinInterval), unless a
-//     request or MaxInterval comes first; a success resets the backoff.
+//     request or MaxInterval comes first; a success resets the backoff;
+//   - the work may ask for its next run at a time (RunAt), e.g. while real
+//     servers drain; that run also keeps MinInterval.
 type Runner struct {
 	work                     func(context.Context) error
 	minInterval, maxInterval time.Duration
@@ -29,6 +32,32 @@ type Runner struct {
 	RetryInitial, RetryMax time.Duration
 
 	requests chan struct{}
+
+	mu     sync.Mutex
+	wakeAt time.Time // RunAt's time, zero when none
+}
+
+// RunAt asks for a run at t (or MinInterval after the previous run, when later);
+// an earlier pending RunAt time wins. It is meant to be called by the work
+// function, which runs on Loop's goroutine; a call from elsewhere takes effect
+// at Loop's next wake-up.
+func (r *Runner) RunAt(t time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.wakeAt.IsZero() || t.Before(r.wakeAt) {
+		r.wakeAt = t
+	}
+}
+
+// takeWake returns the RunAt time, and clears it when take is true.
+func (r *Runner) takeWake(take bool) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.wakeAt
+	if take {
+		r.wakeAt = time.Time{}
+	}
+	return t
 }
 
 // NewRunner returns a Runner of work. maxInterval <= 0 disables periodic runs.
@@ -70,6 +99,9 @@ func (r *Runner) Loop(ctx context.Context) {
 		case <-r.requests: // merged into this run
 		default:
 		}
+		if w := r.takeWake(false); !w.IsZero() && !w.After(now) {
+			r.takeWake(true) // this run serves it
+		}
 		pending, ran, lastRun = false, true, now
 		if err := r.work(ctx); err != nil {
 			wait := max(backoff, r.minInterval)
@@ -106,7 +138,18 @@ func (r *Runner) nextRun(now, lastRun time.Time, ran, pending bool, retryAt time
 	if pending {
 		consider(lastRun.Add(r.minInterval))
 	}
+	if w := r.takeWake(false); !w.IsZero() {
+		consider(later(w, lastRun.Add(r.minInterval)))
+	}
 	return due, ok
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // wait blocks until due (when ok), a request or ctx's end; it reports false when
