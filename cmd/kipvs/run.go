@@ -4,14 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/events"
 	logsapi "k8s.io/component-base/logs/api/v1"
+	basemetrics "k8s.io/component-base/metrics"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	"github.com/kipvs/kipvs/endpoints"
 	"github.com/kipvs/kipvs/ipvs"
+	"github.com/kipvs/kipvs/metrics"
 	"github.com/kipvs/kipvs/proxier"
 	"github.com/kipvs/kipvs/proxier/config"
 )
@@ -60,6 +67,9 @@ func run(ctx context.Context, opts *config.Options) error {
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	if err := observe(runCtx, opts, cfg, p, state, client, logger); err != nil {
+		return err
+	}
 	watchErr := make(chan error, 1)
 	go func() {
 		defer close(watchErr)
@@ -87,4 +97,59 @@ func probeError(err error) error {
 		return fmt.Errorf("kipvs needs CAP_NET_ADMIN (run as root or grant the capability): %w", err)
 	}
 	return fmt.Errorf("IPVS probe failed: %w", err)
+}
+
+// observe wires metrics, the health server, the status endpoint and Events to
+// the proxier, and starts the HTTP servers (stopped when ctx ends). A busy
+// address fails here, before the first sync.
+func observe(ctx context.Context, opts *config.Options, cfg proxier.Config, p *proxier.Proxier, state *endpoints.State,
+	client kubernetes.Interface, logger klog.Logger) error {
+	reg := basemetrics.NewKubeRegistry()
+	reg.RawMustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(state.Pending, "/proc")
+	m.Register(reg)
+	p.AddObserver(m)
+	// kube-proxy's bound: an update not synced within 2 x syncPeriod is unhealthy.
+	health := proxier.NewHealth(clock.RealClock{}, 2*cfg.SyncPeriod)
+	health.SetObserver(m.ObserveHealthCheck)
+	p.AddObserver(health)
+
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		return fmt.Errorf("starting the event broadcaster: %w", err)
+	}
+	go func() { <-ctx.Done(); broadcaster.Shutdown() }()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, "kipvs")
+	p.AddObserver(proxier.NewEventReporter(recorder, state.Rejected, clock.RealClock{}, logger))
+
+	status := p.StatusHandler(proxier.StatusOptions{
+		Rejected: state.Rejected,
+		Conntrack: func() (int64, int64, bool) {
+			fill, ok, err := metrics.ReadConntrack("/proc")
+			return fill.Entries, fill.Limit, ok && err == nil
+		},
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics.Handler(reg))
+	mux.Handle("/status", status)
+	servers := []struct {
+		what, addr string
+		handler    http.Handler
+	}{{"healthz", opts.HealthzBindAddress, health.Handler()}, {"metrics", opts.MetricsBindAddress, mux}}
+	for _, s := range servers {
+		if s.addr == "" {
+			continue
+		}
+		l, err := metrics.Listen(s.what, s.addr)
+		if err != nil {
+			return err
+		}
+		logger.Info("Serving", "server", s.what, "address", l.Addr().String())
+		go func() {
+			if err := metrics.Serve(ctx, l, s.handler); err != nil {
+				logger.Error(err, "HTTP server failed", "server", s.what, "address", s.addr)
+			}
+		}()
+	}
+	return nil
 }

@@ -77,6 +77,9 @@ func runStatus(ctx context.Context, out io.Writer, o statusOptions, arg string) 
 	for {
 		var buf bytes.Buffer
 		if err := printStatus(ctx, &buf, client, u, o.output); err != nil {
+			if o.watch && ctx.Err() != nil {
+				return nil // interrupted while fetching
+			}
 			return err
 		}
 		if o.watch {

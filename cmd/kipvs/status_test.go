@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,12 +73,15 @@ func statusServer(t *testing.T) (*httptest.Server, *[]string) {
 	t.Helper()
 	body := statusJSON(t)
 	var queries []string
+	var mu sync.Mutex
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
 			http.NotFound(w, r)
 			return
 		}
+		mu.Lock()
 		queries = append(queries, r.URL.RawQuery)
+		mu.Unlock()
 		_, _ = w.Write(body)
 	}))
 	t.Cleanup(srv.Close)
