@@ -10,7 +10,7 @@ import (
 )
 
 // Health is kipvs's health server state, with kube-proxy's semantics
-// (pkg/proxy/healthcheck/proxy_health.go): kipvs is healthy unless an update
+// (k8s.io/kubernetes pkg/proxy/healthcheck, ProxyHealthServer): kipvs is healthy unless an update
 // was queued and no sync succeeded within the timeout after it (kube-proxy
 // uses 2 x syncPeriod). /healthz also fails while this Node is being deleted or
 // carries the ToBeDeletedByClusterAutoscaler taint, so that load balancers stop
