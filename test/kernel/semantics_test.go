@@ -58,6 +58,14 @@ func remoteEndpoint(p *netpod.Pod) discoveryv1.Endpoint {
 // unreachable of IPVS produces (TCP connect, or a connected UDP socket).
 func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
+// podLabel names a client: a pod, or the node for nil.
+func podLabel(p *netpod.Pod) string {
+	if p == nil {
+		return "the node"
+	}
+	return "pod " + p.Name
+}
+
 func internalLocalPolicy(s *v1.Service) {
 	p := v1.ServiceInternalTrafficPolicyLocal
 	s.Spec.InternalTrafficPolicy = &p
@@ -68,7 +76,7 @@ func internalLocalPolicy(s *v1.Service) {
 // virtual servers have no real server and the kernel rejects TCP and UDP with
 // ICMP port unreachable (no fallback to the other node's endpoints).
 func TestSemanticsInternalTrafficPolicyLocal(t *testing.T) {
-	c := newCluster(t, "a", "b", "c")
+	c := newCluster(t, "a", "b", "c", "client")
 	c.setService(c.webService(internalLocalPolicy))
 	c.setSlice(webSlice(endpoint(c.pods["a"], true), endpoint(c.pods["b"], true), remoteEndpoint(c.pods["c"])))
 	p := c.startWith(defaultConfig())
@@ -84,15 +92,20 @@ func TestSemanticsInternalTrafficPolicyLocal(t *testing.T) {
 	// a and b had TCP connections (TIME_WAIT): they drain at weight 0, and a
 	// weight-0 real server takes no new connection either.
 	c.waitTable(t, c.webTable(c.backends(echoPort, 0, "a", "b"), nil))
-	for _, proto := range []string{tcp, udp} {
-		reply, err := netpod.Ask(t.Context(), nil, proto, c.web)
-		if err == nil {
-			t.Errorf("%s to %s with no local endpoint answered %q, want it refused", proto, c.web, reply)
-			continue
-		}
-		t.Logf("%s with no local endpoint: %v", proto, err)
-		if !refused(err) {
-			t.Errorf("%s with no local endpoint failed with %v, want ECONNREFUSED (IPVS's ICMP port unreachable)", proto, err)
+	// IPVS answers with ICMP port unreachable: a pod's TCP connect and UDP read
+	// fail with ECONNREFUSED. On the node itself the dropped UDP datagram
+	// (NF_DROP in LOCAL_OUT) fails its send with EPERM instead.
+	for _, from := range []*netpod.Pod{nil, c.pods["client"]} {
+		for _, proto := range []string{tcp, udp} {
+			reply, err := netpod.Ask(t.Context(), from, proto, c.web)
+			if err == nil {
+				t.Errorf("%s from %s with no local endpoint answered %q, want it refused", proto, podLabel(from), reply)
+				continue
+			}
+			t.Logf("%s from %s with no local endpoint: %v", proto, podLabel(from), err)
+			if !refused(err) && !(from == nil && proto == udp && errors.Is(err, syscall.EPERM)) {
+				t.Errorf("%s from %s with no local endpoint failed with %v, want ECONNREFUSED", proto, podLabel(from), err)
+			}
 		}
 	}
 	if got := p.Status(); got != nil && got.Counts.NoLocalEndpoints.Internal.IPv4 != 2 {
