@@ -16,9 +16,14 @@ import (
 	"github.com/kipvs/kipvs/test/vm"
 )
 
-// guestTimeout bounds the in-guest tests (-test.timeout); the VM gets two
-// more minutes for booting and a stuck guest.
-const guestTimeout = 6 * time.Minute
+// vmTimeout bounds the VM run, boot included, unless the host test's own
+// deadline (go test -timeout, 10 minutes by default) comes sooner. The guest's
+// -test.timeout is bootAllowance shorter, so a hung in-guest test still ends
+// with a goroutine dump on the console rather than a killed VM.
+const (
+	vmTimeout     = 20 * time.Minute
+	bootAllowance = 90 * time.Second
+)
 
 // TestKernel compiles this package's in-guest tests (tag kerneltest), runs
 // them in one VM on Debian's kernel and fails unless they all pass.
@@ -36,7 +41,14 @@ func TestKernel(t *testing.T) {
 	}
 	t.Logf("built the in-guest tests in %s", time.Since(start).Round(time.Millisecond))
 
-	args := []string{"-test.v", "-test.count=1", "-test.timeout=" + guestTimeout.String()}
+	timeout := vmTimeout
+	if d, ok := t.Deadline(); ok && time.Until(d)-10*time.Second < timeout {
+		timeout = time.Until(d) - 10*time.Second
+	}
+	if timeout < 2*bootAllowance {
+		t.Fatalf("only %s left before the test deadline: run with a longer -timeout", timeout)
+	}
+	args := []string{"-test.v", "-test.count=1", "-test.timeout=" + (timeout - bootAllowance).String()}
 	if run := os.Getenv("KIPVS_KERNEL_RUN"); run != "" {
 		args = append(args, "-test.run="+run)
 	}
@@ -45,10 +57,6 @@ func TestKernel(t *testing.T) {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}
-	}
-	timeout := guestTimeout + 2*time.Minute
-	if d, ok := t.Deadline(); ok && time.Until(d)-10*time.Second < timeout {
-		timeout = time.Until(d) - 10*time.Second
 	}
 	// The console goes to stdout live with -v; otherwise it is kept and
 	// logged only when the run fails.
