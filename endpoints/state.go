@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -44,6 +45,12 @@ type State struct {
 	rejections map[objectRef][]Rejection
 
 	svcUpdates, epUpdates int
+	// started is when the State was made; triggers holds the
+	// endpoints.kubernetes.io/last-change-trigger-time of slice updates since the
+	// last Apply that are newer than started (kube-proxy's rule: older ones
+	// describe changes made before this process could have programmed them).
+	started  time.Time
+	triggers []time.Time
 }
 
 // serviceChange is one Service's applied value and its newest pending value.
@@ -77,6 +84,7 @@ func NewState(nodeName string) *State {
 		epPending:  sets.New[types.NamespacedName](),
 		node:       Node{Name: nodeName},
 		rejections: map[objectRef][]Rejection{},
+		started:    time.Now(),
 	}
 }
 
@@ -144,6 +152,9 @@ func (s *State) OnEndpointSliceUpdate(prev, cur *discoveryv1.EndpointSlice) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.epUpdates++
+	if t, ok := triggerTime(cur); ok && t.After(s.started) {
+		s.triggers = append(s.triggers, t)
+	}
 	s.setRejections(ref, rejections)
 	// A slice relabelled to another Service (or unlabelled) leaves its old one.
 	if prev != nil {
@@ -278,8 +289,10 @@ func (s *State) Apply() Snapshot {
 		Changed:         sets.New[types.NamespacedName](),
 		ServiceChanges:  s.svcUpdates,
 		EndpointChanges: s.epUpdates,
+		TriggerTimes:    s.triggers,
 	}
 	s.svcUpdates, s.epUpdates = 0, 0
+	s.triggers = nil
 
 	for nn, ch := range s.svcPending {
 		if ch.cur == nil {
@@ -347,4 +360,18 @@ func (s *State) applySlices(svc types.NamespacedName) bool {
 		delete(s.trackers, svc)
 	}
 	return changed
+}
+
+// triggerTime reads a slice's endpoints.kubernetes.io/last-change-trigger-time
+// annotation; ok is false for a nil slice or a missing or malformed value.
+func triggerTime(slice *discoveryv1.EndpointSlice) (time.Time, bool) {
+	if slice == nil {
+		return time.Time{}, false
+	}
+	v, ok := slice.Annotations[v1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
 }

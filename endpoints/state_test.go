@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
@@ -522,5 +523,28 @@ func TestEndpointsEqualCoversEveryField(t *testing.T) {
 	}
 	if !endpointsEqual([]*Endpoint{base}, []*Endpoint{makeEndpoint("10.0.0.1", 80)}) {
 		t.Error("equal endpoints compare unequal")
+	}
+}
+
+func TestApplyTriggerTimes(t *testing.T) {
+	s := NewState("node-a")
+	withTrigger := func(ts time.Time) *discoveryv1.EndpointSlice {
+		sl := makeSlice("ns", "web-1", "web", httpPort, ep("10.1.0.1"))
+		sl.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: ts.Format(time.RFC3339Nano)}
+		return sl
+	}
+	before := s.started.Add(-time.Minute) // older than the State: dropped
+	after := s.started.Add(time.Second)
+	s.OnEndpointSliceUpdate(nil, withTrigger(before))
+	s.OnEndpointSliceUpdate(withTrigger(before), withTrigger(after))
+	bad := withTrigger(after)
+	bad.Annotations[v1.EndpointsLastChangeTriggerTime] = "yesterday"
+	s.OnEndpointSliceUpdate(withTrigger(after), bad)
+	s.OnEndpointSliceUpdate(bad, nil) // a removal carries no trigger
+	if got := s.Apply().TriggerTimes; len(got) != 1 || !got[0].Equal(after) {
+		t.Fatalf("TriggerTimes = %v, want [%v]", got, after)
+	}
+	if got := s.Apply().TriggerTimes; len(got) != 0 {
+		t.Fatalf("second Apply TriggerTimes = %v, want none", got)
 	}
 }

@@ -7,6 +7,7 @@ package endpoints
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -131,4 +132,8 @@ type Snapshot struct {
 	// snapshot (for kubeproxy_sync_proxy_rules_*_changes_total).
 	ServiceChanges  int
 	EndpointChanges int
+	// TriggerTimes are the endpoints.kubernetes.io/last-change-trigger-time
+	// annotations of the slice updates merged into this snapshot (for
+	// kubeproxy_network_programming_duration_seconds).
+	TriggerTimes []time.Time
 }

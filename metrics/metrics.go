@@ -205,6 +205,7 @@ func (m *Metrics) Synced(res proxier.SyncResult, st *proxier.StatusSnapshot) {
 		result = ResultError
 	} else {
 		m.LastSync.Set(unixSeconds(res.Time.Add(res.Duration)))
+		m.ObserveNetworkProgramming(res.TriggerTimes, res.Time.Add(res.Duration))
 	}
 	m.Syncs.WithLabelValues(kind, result).Inc()
 	writes := 0

@@ -292,6 +292,19 @@ kubeproxy_network_programming_duration_seconds_sum 11.5
 `)
 }
 
+func TestSyncedObservesNetworkProgramming(t *testing.T) {
+	m, reg, _, _, _, _ := setup(t)
+	start := time.Unix(1_800_000_000, 0)
+	trig := []time.Time{start.Add(-2 * time.Second)}
+	m.Synced(proxier.SyncResult{Time: start, Duration: time.Second, TriggerTimes: trig, Err: errors.New("kernel said no")}, nil)
+	m.Synced(proxier.SyncResult{Time: start, Duration: time.Second, TriggerTimes: trig}, nil)
+	// Only the successful sync counts: 2 s before the start + 1 s of sync.
+	compare(t, reg, `
+kubeproxy_network_programming_duration_seconds_count 1
+kubeproxy_network_programming_duration_seconds_sum 3
+`)
+}
+
 func TestConntrack(t *testing.T) {
 	tests := []struct {
 		name   string
