@@ -46,6 +46,8 @@ type SyncResult struct {
 	ServiceErrors map[types.NamespacedName]error
 	// ServiceChanges and EndpointChanges are the snapshot's change counts.
 	ServiceChanges, EndpointChanges int
+	// TriggerTimes are the snapshot's EndpointSlice last-change-trigger-times.
+	TriggerTimes []time.Time
 	// Err is the sync's error; the runner retries when it is not nil.
 	Err error
 }
@@ -162,7 +164,8 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	start := p.clock.Now()
 	full := p.needFull || p.cfg.SyncPeriod > 0 && start.Sub(p.lastFull) >= p.cfg.SyncPeriod
 	snap := p.src.Apply()
-	res := SyncResult{Time: start, Full: full, ServiceChanges: snap.ServiceChanges, EndpointChanges: snap.EndpointChanges}
+	res := SyncResult{Time: start, Full: full, ServiceChanges: snap.ServiceChanges, EndpointChanges: snap.EndpointChanges,
+		TriggerTimes: snap.TriggerTimes}
 
 	plan, scope, nsvc, err := p.plan(ctx, &snap, full, start)
 	res.Services = nsvc
