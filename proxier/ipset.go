@@ -3,6 +3,7 @@ package proxier
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/kipvs/kipvs/ipvs"
@@ -207,9 +209,15 @@ func (*NetlinkIpset) Add(ctx context.Context, set string, e IPSetEntry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ne := entryToNetlink(e)
-	ne.Replace = true // no NLM_F_EXCL: an existing entry is not an error
-	if err := netlink.IpsetAdd(set, ne); err != nil {
+	var err error
+	if !e.IP.IsValid() {
+		err = bitmapPortAddDel(nl.IPSET_CMD_ADD, set, e.Port)
+	} else {
+		ne := entryToNetlink(e)
+		ne.Replace = true // no NLM_F_EXCL: an existing entry is not an error
+		err = netlink.IpsetAdd(set, ne)
+	}
+	if err != nil {
 		return fmt.Errorf("adding %s to ipset %s: %w", e, set, ipsetError(err))
 	}
 	return nil
@@ -220,9 +228,15 @@ func (*NetlinkIpset) Del(ctx context.Context, set string, e IPSetEntry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ne := entryToNetlink(e)
-	ne.Replace = true // no NLM_F_EXCL: an absent entry is not an error
-	if err := netlink.IpsetDel(set, ne); err != nil {
+	var err error
+	if !e.IP.IsValid() {
+		err = bitmapPortAddDel(nl.IPSET_CMD_DEL, set, e.Port)
+	} else {
+		ne := entryToNetlink(e)
+		ne.Replace = true // no NLM_F_EXCL: an absent entry is not an error
+		err = netlink.IpsetDel(set, ne)
+	}
+	if err != nil {
 		return fmt.Errorf("deleting %s from ipset %s: %w", e, set, ipsetError(err))
 	}
 	return nil
@@ -300,4 +314,29 @@ func entryFromNetlink(typ string, ne *netlink.IPSetEntry) (IPSetEntry, error) {
 		}
 	}
 	return e, nil
+}
+
+// bitmapPortAddDel adds or deletes a port of a bitmap:port set (without
+// NLM_F_EXCL, so existing or absent entries are no error).
+//
+// vishvananda/netlink v1.3.1 always sends IPSET_ATTR_PROTO with a port, and
+// kernels since 5.2 parse ipset attributes strictly: bitmap:port has no
+// protocol in its policy, so its IpsetAdd fails with IPSET_ERR_PROTOCOL
+// ("invalid protocol"; seen on 6.1). This request carries only the port.
+func bitmapPortAddDel(cmd int, set string, port uint16) error {
+	req := nl.NewNetlinkRequest(cmd|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(cmd))
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(set)))
+	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
+	buf := make([]byte, 2)
+	binary.BigEndian.PutUint16(buf, port)
+	data.AddChild(nl.NewRtAttr(int(nl.IPSET_ATTR_PORT|nl.NLA_F_NET_BYTEORDER), buf))
+	req.AddData(data)
+	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	var errno syscall.Errno
+	if errors.As(err, &errno) && int(errno) >= nl.IPSET_ERR_PRIVATE {
+		return nl.IPSetError(uintptr(errno))
+	}
+	return err
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -51,7 +50,9 @@ type GoIptables struct {
 var _ Iptables = (*GoIptables)(nil)
 
 // NewGoIptables opens the iptables (ipv6: ip6tables) of the given backend
-// ("nft" or "legacy"; see DetectIptablesMode).
+// ("nft" or "legacy"; see DetectIptablesMode): iptables-<mode> and
+// iptables-<mode>-save as Debian and most distributions name them, else plain
+// iptables and iptables-save when `iptables --version` names that backend.
 func NewGoIptables(mode string, ipv6 bool) (*GoIptables, error) {
 	base := "iptables"
 	proto := goiptables.ProtocolIPv4
@@ -59,18 +60,34 @@ func NewGoIptables(mode string, ipv6 bool) (*GoIptables, error) {
 		base, proto = "ip6tables", goiptables.ProtocolIPv6
 	}
 	cmd, save := base+"-"+mode, base+"-"+mode+"-save"
-	if _, err := exec.LookPath(cmd); err != nil {
-		return nil, fmt.Errorf("iptables backend %s: %s not found: %w", mode, cmd, err)
-	}
 	savePath, err := exec.LookPath(save)
-	if err != nil {
-		return nil, fmt.Errorf("iptables backend %s: %s not found: %w", mode, save, err)
+	if _, cerr := exec.LookPath(cmd); cerr != nil || err != nil {
+		out, verr := exec.Command(base, "--version").Output()
+		if verr != nil {
+			return nil, fmt.Errorf("iptables backend %s: neither %s nor %s runs: %w", mode, cmd, base, verr)
+		}
+		if got := versionMode(string(out)); got != mode {
+			return nil, fmt.Errorf("iptables backend %s: %s not found and %s is %s", mode, cmd, base, got)
+		}
+		if savePath, err = exec.LookPath(base + "-save"); err != nil {
+			return nil, fmt.Errorf("iptables backend %s: %s-save not found: %w", mode, base, err)
+		}
+		cmd = base
 	}
 	ipt, err := goiptables.New(goiptables.IPFamily(proto), goiptables.Path(cmd), goiptables.Timeout(5))
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", cmd, err)
 	}
 	return &GoIptables{ipt: ipt, mode: mode, savePath: savePath}, nil
+}
+
+// versionMode reads the backend from `iptables --version` ("iptables
+// v1.8.9 (nf_tables)"); versions without a suffix are legacy.
+func versionMode(out string) string {
+	if strings.Contains(out, "(nf_tables)") {
+		return IptablesNFT
+	}
+	return IptablesLegacy
 }
 
 // Mode implements Iptables.
@@ -236,7 +253,12 @@ func DetectIptablesMode(ctx context.Context, run CommandRunner) (mode, reason st
 	legacy, nft := p[0], p[1]
 	switch {
 	case !legacy.ok && !nft.ok:
-		return "", "", errors.New("neither iptables-nft-save nor iptables-legacy-save runs: install iptables (nft or legacy)")
+		out, err := run(ctx, "iptables", "--version")
+		if err != nil {
+			return "", "", fmt.Errorf("no iptables found (neither iptables-nft-save, iptables-legacy-save nor iptables runs): %w", err)
+		}
+		m := versionMode(out)
+		return m, fmt.Sprintf("only plain iptables is installed and `iptables --version` says %s", m), nil
 	case nft.hint && !legacy.hint:
 		return IptablesNFT, "the kubelet's KUBE-IPTABLES-HINT chain is in the nft tables", nil
 	case legacy.hint && !nft.hint:
@@ -249,7 +271,7 @@ func DetectIptablesMode(ctx context.Context, run CommandRunner) (mode, reason st
 		return IptablesLegacy, "only iptables-legacy is installed", nil
 	}
 	out, err := run(ctx, "iptables", "--version")
-	if err == nil && strings.Contains(out, "(legacy)") {
+	if err == nil && versionMode(out) == IptablesLegacy {
 		return IptablesLegacy, "no rules in either backend; `iptables --version` says legacy", nil
 	}
 	return IptablesNFT, "no rules in either backend; defaulting to nft", nil

@@ -32,7 +32,7 @@ const (
 	// endpoints: a pod reaching itself through a Service (hairpin) is masqueraded.
 	SetLoopBack
 	// SetVIPs holds the addresses kipvs binds to the dummy link: new
-	// connections to them on a port that is not a Service port are rejected
+	// connections to them on a port that is not a Service port are dropped
 	// (kube-proxy #72236).
 	SetVIPs
 	// SetNodePortTCP, SetNodePortUDP and SetNodePortSCTP hold the NodePorts
@@ -267,7 +267,10 @@ const (
 //   - INPUT and FORWARD jump to KIPVS-FIREWALL: traffic to an LB IP:port with
 //     source ranges from another source is dropped.
 //   - INPUT sends new connections to KIPVS-IPVS-FILTER: traffic to an address
-//     on the dummy link that is not a Service IP:port is rejected (#72236).
+//     on the dummy link that is not a Service IP:port is dropped (#72236).
+//     kube-proxy REJECTs; kipvs DROPs so that it needs no REJECT target
+//     (ipt_REJECT/nft_reject are not loaded everywhere; a failed REJECT rule
+//     would leave the node without any of kipvs's rules).
 //   - FORWARD jumps to KIPVS-FORWARD, which accepts marked and established
 //     traffic even when the FORWARD policy is DROP.
 func BuildRules(rc RuleConfig) RuleSet {
@@ -275,10 +278,6 @@ func BuildRules(rc RuleConfig) RuleSet {
 	masq := []string{"-j", "MASQUERADE"}
 	if rc.RandomFully {
 		masq = append(masq, "--random-fully")
-	}
-	reject := "icmp-port-unreachable"
-	if rc.IPv6 {
-		reject = "icmp6-port-unreachable"
 	}
 	var clusterMasq []string
 	switch {
@@ -322,7 +321,7 @@ func BuildRules(rc RuleConfig) RuleSet {
 				args("-m set --match-set", set(SetClusterIP), "dst,dst -j RETURN"),
 				args("-m set --match-set", set(SetExternal), "dst,dst -j RETURN"),
 				args("-m set --match-set", set(SetExternalLocal), "dst,dst -j RETURN"),
-				args("-m set --match-set", set(SetVIPs), "dst -j REJECT --reject-with", reject),
+				args("-m set --match-set", set(SetVIPs), "dst -j DROP"),
 			}},
 			{Table: "filter", Name: ChainForward, Rules: [][]string{
 				args("-m mark --mark", MasqueradeMark+"/"+MasqueradeMark, "-j ACCEPT"),
