@@ -55,6 +55,7 @@ func (o *Options) validate() (proxier.Config, []string, error) {
 		StrictARP:     o.StrictARP,
 		Timeouts:      ipvs.Timeouts{TCP: o.TCPTimeout, TCPFin: o.TCPFinTimeout, UDP: o.UDPTimeout},
 		DrainTimeout:  o.DrainTimeout,
+		Conntrack:     o.Conntrack.config(),
 	}
 	if !ipvs.ValidScheduler(o.Scheduler) {
 		fail("unknown IPVS scheduler %q (--ipvs-scheduler, ipvs.scheduler): want one of %s", o.Scheduler, strings.Join(ipvs.Schedulers, ", "))
@@ -89,6 +90,12 @@ func (o *Options) validate() (proxier.Config, []string, error) {
 		{"--ipvs-udp-timeout (ipvs.udpTimeout)", o.UDPTimeout, o.UDPTimeout >= 0, "must not be negative"},
 		{"--drain-timeout", o.DrainTimeout, o.DrainTimeout >= 0, "must not be negative"},
 		{"--config-sync-period (configSyncPeriod)", o.ConfigSyncPeriod, o.ConfigSyncPeriod > 0, "must be greater than 0"},
+		{"--conntrack-max-per-core (conntrack.maxPerCore)", cfg.Conntrack.MaxPerCore, cfg.Conntrack.MaxPerCore >= 0, "must not be negative"},
+		{"--conntrack-min (conntrack.min)", cfg.Conntrack.Min, cfg.Conntrack.Min >= 0, "must not be negative"},
+		{"--conntrack-tcp-timeout-established (conntrack.tcpEstablishedTimeout)", cfg.Conntrack.TCPEstablishedTimeout, cfg.Conntrack.TCPEstablishedTimeout >= 0, "must not be negative"},
+		{"--conntrack-tcp-timeout-close-wait (conntrack.tcpCloseWaitTimeout)", cfg.Conntrack.TCPCloseWaitTimeout, cfg.Conntrack.TCPCloseWaitTimeout >= 0, "must not be negative"},
+		{"--conntrack-udp-timeout (conntrack.udpTimeout)", cfg.Conntrack.UDPTimeout, cfg.Conntrack.UDPTimeout >= 0, "must not be negative"},
+		{"--conntrack-udp-timeout-stream (conntrack.udpStreamTimeout)", cfg.Conntrack.UDPStreamTimeout, cfg.Conntrack.UDPStreamTimeout >= 0, "must not be negative"},
 		{"--kube-api-qps (clientConnection.qps)", o.QPS, o.QPS >= 0, "must not be negative"},
 		{"--kube-api-burst (clientConnection.burst)", o.Burst, o.Burst >= 0, "must not be negative"},
 	} {
@@ -238,4 +245,23 @@ func checkLinkName(name string) error {
 		return fmt.Errorf("%q is not a valid interface name", name)
 	}
 	return nil
+}
+
+// config turns the conntrack options into the proxier's settings; unset is 0
+// (leave the kernel's value).
+func (c ConntrackOptions) config() proxier.ConntrackConfig {
+	out := proxier.ConntrackConfig{TCPBeLiberal: c.TCPBeLiberal, UDPTimeout: c.UDPTimeout, UDPStreamTimeout: c.UDPStreamTimeout}
+	if c.MaxPerCore != nil {
+		out.MaxPerCore = *c.MaxPerCore
+	}
+	if c.Min != nil {
+		out.Min = *c.Min
+	}
+	if c.TCPEstablishedTimeout != nil {
+		out.TCPEstablishedTimeout = *c.TCPEstablishedTimeout
+	}
+	if c.TCPCloseWaitTimeout != nil {
+		out.TCPCloseWaitTimeout = *c.TCPCloseWaitTimeout
+	}
+	return out
 }

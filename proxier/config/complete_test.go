@@ -56,6 +56,8 @@ func config(mods ...func(*proxier.Config)) proxier.Config {
 		SyncPeriod:    30 * time.Second,
 		MinSyncPeriod: time.Second,
 		DrainTimeout:  60 * time.Second,
+		Conntrack: proxier.ConntrackConfig{MaxPerCore: 32768, Min: 131072,
+			TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour},
 	}
 	for _, m := range mods {
 		m(&c)
@@ -85,12 +87,8 @@ func TestComplete(t *testing.T) {
 		c.MinSyncPeriod = 2 * time.Second
 		c.Timeouts = ipvs.Timeouts{TCP: 900 * time.Second, TCPFin: 120 * time.Second, UDP: 300 * time.Second}
 	})
-	conntrackWarnings := []string{
-		"config file testdata/full.yaml: conntrack.maxPerCore=32768 is not applied yet: kipvs does not manage conntrack settings yet",
-		"config file testdata/full.yaml: conntrack.min=131072 is not applied yet: kipvs does not manage conntrack settings yet",
-		"config file testdata/full.yaml: conntrack.tcpEstablishedTimeout=24h0m0s is not applied yet: kipvs does not manage conntrack settings yet",
-		"config file testdata/full.yaml: conntrack.tcpCloseWaitTimeout=1h0m0s is not applied yet: kipvs does not manage conntrack settings yet",
-	}
+	// The file's conntrack section is applied now: no warning (full.yaml holds kube-proxy's defaults).
+	var conntrackWarnings []string
 	tests := []struct {
 		name         string
 		args         []string
@@ -146,6 +144,23 @@ func TestComplete(t *testing.T) {
 			args:         []string{"--nodeport-addresses=localhost"},
 			want:         config(func(c *proxier.Config) { c.NodePortAddresses = prefixes("127.0.0.0/8", "::1/128") }),
 			wantWarnings: []string{"nodePortAddresses 'localhost': IPVS does not serve NodePorts on loopback addresses (as in kube-proxy's IPVS mode)"},
+		},
+		{
+			name: "conntrack flags",
+			args: []string{"--conntrack-max-per-core=100", "--conntrack-min=7", "--conntrack-tcp-timeout-established=3h",
+				"--conntrack-tcp-timeout-close-wait=0", "--conntrack-udp-timeout=10s"},
+			want: config(func(c *proxier.Config) {
+				c.Conntrack = proxier.ConntrackConfig{MaxPerCore: 100, Min: 7, TCPEstablishedTimeout: 3 * time.Hour, UDPTimeout: 10 * time.Second}
+			}),
+		},
+		{
+			name: "conntrack file: explicit zeros count, flags win",
+			args: []string{"--config=" + filepath.Join("testdata", "conntrack.yaml"), "--conntrack-min=9"},
+			want: config(func(c *proxier.Config) {
+				c.Conntrack = proxier.ConntrackConfig{MaxPerCore: 0, Min: 9, TCPEstablishedTimeout: 2 * time.Hour,
+					TCPBeLiberal: true, UDPTimeout: 30 * time.Second, UDPStreamTimeout: 2 * time.Minute}
+			}),
+			wantWarnings: []string{"--conntrack-min=9 overrides conntrack.min=1000 from the config file"},
 		},
 		{
 			name:         "file only",

@@ -72,7 +72,7 @@ type fieldKind int
 const (
 	// applied fields are mapped onto Options.
 	applied fieldKind = iota
-	// kept fields are stored in Options but not applied yet.
+	// kept fields are stored in Options but not applied yet (none at present).
 	kept
 	// unsupported fields are ignored with a warning unless they hold kube-proxy's default.
 	unsupported
@@ -136,13 +136,13 @@ var fileFields = map[string]fieldRule{
 	"clusterCIDR":                         {kind: applied},
 	"nodePortAddresses":                   {kind: applied},
 	"oomScoreAdj":                         {kind: unsupported, harmless: []string{"-999"}, why: "set the container's OOM score instead"},
-	"conntrack.maxPerCore":                {kind: kept},
-	"conntrack.min":                       {kind: kept},
-	"conntrack.tcpEstablishedTimeout":     {kind: kept},
-	"conntrack.tcpCloseWaitTimeout":       {kind: kept},
-	"conntrack.tcpBeLiberal":              {kind: kept},
-	"conntrack.udpTimeout":                {kind: kept},
-	"conntrack.udpStreamTimeout":          {kind: kept},
+	"conntrack.maxPerCore":                {kind: applied},
+	"conntrack.min":                       {kind: applied},
+	"conntrack.tcpEstablishedTimeout":     {kind: applied},
+	"conntrack.tcpCloseWaitTimeout":       {kind: applied},
+	"conntrack.tcpBeLiberal":              {kind: applied},
+	"conntrack.udpTimeout":                {kind: applied},
+	"conntrack.udpStreamTimeout":          {kind: applied},
 	"configSyncPeriod":                    {kind: applied},
 	"portRange":                           {kind: unsupported, why: "unused since kube-proxy's userspace mode was removed"},
 	"windowsRunAsService":                 {kind: unsupported, why: "Windows only"},
@@ -246,6 +246,26 @@ func mergeValue[T comparable](m *merger, dst *T, fileVal T, path string, flags .
 	*dst = fileVal
 }
 
+// mergePtr is mergeValue for optional fields, where nil is unset and an
+// explicit zero (e.g. conntrack.maxPerCore: 0, "leave the kernel's value") counts.
+func mergePtr[T comparable](m *merger, dst **T, fileVal *T, path string, flags ...string) {
+	if fileVal == nil {
+		return
+	}
+	if m.o.changed(flags...) {
+		if *dst == nil || **dst != *fileVal {
+			cur := "<unset>"
+			if *dst != nil {
+				cur = fmt.Sprint(**dst)
+			}
+			m.overridden(flags[0], cur, path, fmt.Sprint(*fileVal))
+		}
+		return
+	}
+	v := *fileVal
+	*dst = &v
+}
+
 // mergeList is mergeValue for lists; an empty list is unset.
 func mergeList(m *merger, dst *[]string, fileVal []string, path string, flag string) {
 	if len(fileVal) == 0 {
@@ -294,7 +314,14 @@ func (o *Options) applyFile(cfg *v1alpha1.KubeProxyConfiguration) []string {
 	mergeValue(m, &o.SyncPeriod, v.SyncPeriod.Duration, "ipvs.syncPeriod", "sync-period", "ipvs-sync-period")
 	mergeValue(m, &o.MinSyncPeriod, v.MinSyncPeriod.Duration, "ipvs.minSyncPeriod", "min-sync-period", "ipvs-min-sync-period")
 
-	o.Conntrack = conntrackFrom(cfg.Conntrack)
+	fc := conntrackFrom(cfg.Conntrack)
+	mergePtr(m, &o.Conntrack.MaxPerCore, fc.MaxPerCore, "conntrack.maxPerCore", "conntrack-max-per-core")
+	mergePtr(m, &o.Conntrack.Min, fc.Min, "conntrack.min", "conntrack-min")
+	mergePtr(m, &o.Conntrack.TCPEstablishedTimeout, fc.TCPEstablishedTimeout, "conntrack.tcpEstablishedTimeout", "conntrack-tcp-timeout-established")
+	mergePtr(m, &o.Conntrack.TCPCloseWaitTimeout, fc.TCPCloseWaitTimeout, "conntrack.tcpCloseWaitTimeout", "conntrack-tcp-timeout-close-wait")
+	mergeValue(m, &o.Conntrack.TCPBeLiberal, fc.TCPBeLiberal, "conntrack.tcpBeLiberal", "conntrack-tcp-be-liberal")
+	mergeValue(m, &o.Conntrack.UDPTimeout, fc.UDPTimeout, "conntrack.udpTimeout", "conntrack-udp-timeout")
+	mergeValue(m, &o.Conntrack.UDPStreamTimeout, fc.UDPStreamTimeout, "conntrack.udpStreamTimeout", "conntrack-udp-timeout-stream")
 	m.warnings = append(m.warnings, o.mergeLogging(cfg.Logging)...)
 	return m.warnings
 }

@@ -106,8 +106,9 @@ type Options struct {
 	// DrainTimeout bounds how long a removed real server drains (--drain-timeout; kipvs only).
 	DrainTimeout time.Duration
 
-	// Conntrack holds the file's conntrack section. kipvs does not apply it yet;
-	// it is kept for the conntrack work and reported in a warning when set.
+	// Conntrack sizes and times the connection tracking table (--conntrack-*,
+	// the file's conntrack section); Complete puts it into proxier.Config and
+	// the proxier's Setup applies it.
 	Conntrack ConntrackOptions
 
 	// Logging is the logging configuration (-v, --vmodule, --logging-format and
@@ -132,9 +133,21 @@ type ConntrackOptions struct {
 	UDPStreamTimeout      time.Duration
 }
 
+// kube-proxy's conntrack defaults (KubeProxyConfiguration SetDefaults).
+const (
+	DefaultConntrackMaxPerCore            = 32768
+	DefaultConntrackMin                   = 131072
+	DefaultConntrackTCPEstablishedTimeout = 24 * time.Hour
+	DefaultConntrackTCPCloseWaitTimeout   = time.Hour
+)
+
 // NewOptions returns Options holding kipvs's defaults.
 func NewOptions() *Options {
+	maxPerCore, minimum := int32(DefaultConntrackMaxPerCore), int32(DefaultConntrackMin)
+	established, closeWait := DefaultConntrackTCPEstablishedTimeout, DefaultConntrackTCPCloseWaitTimeout
 	return &Options{
+		Conntrack: ConntrackOptions{MaxPerCore: &maxPerCore, Min: &minimum,
+			TCPEstablishedTimeout: &established, TCPCloseWaitTimeout: &closeWait},
 		ContentType:        DefaultContentType,
 		QPS:                DefaultQPS,
 		Burst:              DefaultBurst,
@@ -187,6 +200,15 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 
 	fs.StringVar(&o.DummyLink, "dummy-link", o.DummyLink, "The dummy link that Service IPs are bound to (kube-proxy uses kube-ipvs0).")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "How long a removed real server keeps draining (weight 0) before it is deleted; 0 deletes at once.")
+
+	ct := &o.Conntrack
+	fs.Int32Var(ct.MaxPerCore, "conntrack-max-per-core", *ct.MaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
+	fs.Int32Var(ct.Min, "conntrack-min", *ct.Min, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core.")
+	fs.DurationVar(ct.TCPEstablishedTimeout, "conntrack-tcp-timeout-established", *ct.TCPEstablishedTimeout, "Idle timeout for established TCP connections (0 to leave as-is).")
+	fs.DurationVar(ct.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", *ct.TCPCloseWaitTimeout, "NAT timeout for TCP connections in the CLOSE_WAIT state (0 to leave as-is).")
+	fs.BoolVar(&ct.TCPBeLiberal, "conntrack-tcp-be-liberal", ct.TCPBeLiberal, "Mark only out-of-window TCP packets as INVALID.")
+	fs.DurationVar(&ct.UDPTimeout, "conntrack-udp-timeout", ct.UDPTimeout, "Idle timeout for UNREPLIED UDP connections (0 to leave as-is).")
+	fs.DurationVar(&ct.UDPStreamTimeout, "conntrack-udp-timeout-stream", ct.UDPStreamTimeout, "Idle timeout for ASSURED UDP connections (0 to leave as-is).")
 
 	logsapi.AddFlags(o.Logging, fs)
 }
