@@ -115,6 +115,11 @@ func (p *Proxier) UseNetfilter(k NetfilterKernel) {
 	p.nf = n
 }
 
+// WithNetfilter is the Option form of UseNetfilter.
+func WithNetfilter(k NetfilterKernel) Option {
+	return func(p *Proxier) { p.UseNetfilter(k) }
+}
+
 // LastNetfilterSync returns the counts of the latest netfilter sync.
 func (p *Proxier) LastNetfilterSync() NetfilterResult {
 	if p.nf == nil {

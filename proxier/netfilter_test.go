@@ -206,12 +206,11 @@ func newNFHarness(t testing.TB, cfg Config) *nfHarness {
 			clk: testclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), cfg: cfg},
 		ipset: NewFakeIpset(), ipt: NewFakeIptables(), sysctl: sc,
 	}
-	h.p = New(cfg, h.src, h.ipvs, h.addrs, h.clk)
-	h.p.UseNetfilter(NetfilterKernel{
+	h.p = New(cfg, h.src, h.ipvs, h.addrs, h.clk, WithNetfilter(NetfilterKernel{
 		Sysctl: sc, Ipset: h.ipset, IPv4: h.ipt,
 		KernelRelease: func() (string, error) { return "6.1.0-56-cloud-amd64", nil },
 		NumCPU:        func() int { return 4 },
-	})
+	}))
 	if err := h.p.Setup(h.ctx); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
