@@ -42,3 +42,10 @@ demo: setup
 
 clean:
 	rm -rf bin
+
+## image-binary: the static Linux kipvs the container image ships, in bin/
+## (the Dockerfile runs it; GOARCH=arm64 etc. cross-compiles)
+GOARCH ?= $(shell $(GO) env GOARCH)
+.PHONY: image-binary
+image-binary:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kipvs ./cmd/kipvs
