@@ -59,15 +59,28 @@ func run(ctx context.Context, opts *config.Options) error {
 		return err
 	}
 
+	nfk, backend, err := proxier.NewNetfilterKernel(ctx)
+	if err != nil {
+		return fmt.Errorf("setting up iptables: %w", err)
+	}
+	logger.Info("Netfilter", "backend", backend)
+
 	state := endpoints.NewState(cfg.NodeName)
-	p := proxier.New(cfg, state, ipv, proxier.NewNetlinkAddresses(), clock.RealClock{})
+	// kube-proxy's bound: an update not synced within 2 x syncPeriod is unhealthy.
+	health := proxier.NewHealth(clock.RealClock{}, 2*cfg.SyncPeriod)
+	// healthCheckNodePort servers listen on every address, as kube-proxy's do
+	// without nodePortAddresses, and report the proxy's health with the Service's.
+	hcs := proxier.NewHealthCheckServer(proxier.NetListener{}, nil, func() bool { return health.Report(false).Healthy })
+	defer hcs.Close()
+	p := proxier.New(cfg, state, ipv, proxier.NewNetlinkAddresses(), clock.RealClock{},
+		proxier.WithNetfilter(nfk), proxier.WithConntrack(proxier.NewNetlinkConntrack()), proxier.WithHealthCheckServer(hcs))
 	if err := p.Setup(ctx); err != nil {
 		return err
 	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	if err := observe(runCtx, opts, cfg, p, state, client, logger); err != nil {
+	if err := observe(runCtx, opts, p, state, health, client, logger); err != nil {
 		return err
 	}
 	watchErr := make(chan error, 1)
@@ -102,15 +115,13 @@ func probeError(err error) error {
 // observe wires metrics, the health server, the status endpoint and Events to
 // the proxier, and starts the HTTP servers (stopped when ctx ends). A busy
 // address fails here, before the first sync.
-func observe(ctx context.Context, opts *config.Options, cfg proxier.Config, p *proxier.Proxier, state *endpoints.State,
+func observe(ctx context.Context, opts *config.Options, p *proxier.Proxier, state *endpoints.State, health *proxier.Health,
 	client kubernetes.Interface, logger klog.Logger) error {
 	reg := basemetrics.NewKubeRegistry()
 	reg.RawMustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(state.Pending, "/proc")
 	m.Register(reg)
 	p.AddObserver(m)
-	// kube-proxy's bound: an update not synced within 2 x syncPeriod is unhealthy.
-	health := proxier.NewHealth(clock.RealClock{}, 2*cfg.SyncPeriod)
 	health.SetObserver(m.ObserveHealthCheck)
 	p.AddObserver(health)
 
