@@ -212,6 +212,8 @@ func (s *Server) prepare(opts Options) error {
 		"--client-ca-file=" + p.caCert,
 		"--token-auth-file=" + tokens,
 		"--authorization-mode=RBAC",
+		// Like kubeadm clusters: node proxies (kube-proxy, kipvs) run privileged.
+		"--allow-privileged=true",
 		"--service-account-issuer=" + ServiceAccountIssuer,
 		"--api-audiences=" + ServiceAccountIssuer,
 		"--service-account-key-file=" + p.saKey,
