@@ -53,6 +53,7 @@ func newRootCommand() *cobra.Command {
 	}
 	opts.AddFlags(cmd.Flags())
 	cmd.AddCommand(newStatusCommand())
+	cmd.AddCommand(newCleanupCommand())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the kipvs version and the Go version it was built with",
