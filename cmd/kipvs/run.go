@@ -77,6 +77,8 @@ func run(ctx context.Context, opts *config.Options) error {
 	if err := p.Setup(ctx); err != nil {
 		return err
 	}
+	// Taking over from kube-proxy: its IPVS-mode rules and sets go once kipvs's are in place.
+	p.AddObserver(proxier.NewTakeover(ctx, proxier.NetfilterCleaner(nfk)))
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
