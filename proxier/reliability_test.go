@@ -77,12 +77,24 @@ func rigConfig() proxier.Config {
 // netfilter layer on fakes when netfilter is true, and runs Setup.
 func newRig(t testing.TB, every int, netfilter bool) *rig {
 	t.Helper()
+	return newRigConfig(t, rigConfig(), every, netfilter)
+}
+
+// newRigWithConfig builds a fault-free rig without netfilter running cfg.
+func newRigWithConfig(t testing.TB, cfg proxier.Config) *rig {
+	t.Helper()
+	return newRigConfig(t, cfg, 0, false)
+}
+
+// newRigConfig is newRig with a Config.
+func newRigConfig(t testing.TB, cfg proxier.Config, every int, netfilter bool) *rig {
+	t.Helper()
 	fa, err := proxier.NewFakeAddressesFromText(rigNodeAddrs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &rig{t: t, ctx: klog.NewContext(context.Background(), logr.Discard()), state: endpoints.NewState("node1"), kernel: ipvs.NewFake(), addrs: fa,
-		clk: testclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), cfg: rigConfig(),
+		clk: testclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), cfg: cfg,
 		reg: basemetrics.NewKubeRegistry()}
 	r.faulty = ipvs.NewFaulty(r.kernel, every)
 	var opts []proxier.Option
