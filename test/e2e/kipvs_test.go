@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -145,7 +147,7 @@ func waitKipvsReady(ctx context.Context, p *kipvsProcess) error {
 			return err
 		}
 		for _, vs := range vss {
-			if vs.VirtualServerKey == key {
+			if vs.VirtualServerKey == key && firstFullSyncDone() {
 				return nil
 			}
 		}
@@ -155,6 +157,28 @@ func waitKipvsReady(ctx context.Context, p *kipvsProcess) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// firstFullSyncDone reports whether kipvs's metrics count a successful full
+// sync. The virtual servers appear before the sync ends (netfilter comes after
+// IPVS, and under emulation the first iptables setup takes many seconds), so a
+// test that starts earlier would measure the first sync instead of its change.
+func firstFullSyncDone() bool {
+	resp, err := http.Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, `kipvs_syncs_total{kind="full",result="success"} `); ok {
+			return v != "0"
+		}
+	}
+	return false
 }
 
 // kipvsProcess is a kipvs subprocess whose log goes to the console, each line
