@@ -138,19 +138,43 @@ func (h *Harness) goCmd(ctx context.Context, args ...string) error {
 // args and env. It returns the binary's exit status (see vm.Run).
 func (h *Harness) RunGuest(ctx context.Context, args, env []string, timeout time.Duration, console io.Writer) (int, error) {
 	port := h.Server.Port
+	files, memory := h.guestFiles(), 0
+	if _, ok := files[filepath.Join(apiserver.BinDir(), apiserver.KubeProxyBinary)]; ok {
+		memory = 1024
+	}
 	return vm.Run(ctx, vm.Options{
 		Binary:  h.GuestBinary,
 		Args:    args,
 		Env:     env,
 		Timeout: timeout,
 		Network: &vm.Network{ForwardPort: port, HostAddr: "127.0.0.1:" + strconv.Itoa(port)},
-		Files: map[string]string{
-			h.KipvsBinary:     GuestKipvs,
-			h.KipvsKubeconfig: GuestKipvsKubeconfig,
-			h.AdminKubeconfig: GuestAdminKubeconfig,
-		},
-		Stdout: console,
+		Files:   files,
+		Stdout:  console,
+		// kube-proxy is 80 MB: the initramfs holds it twice while unpacking.
+		MemoryMB: memory,
 	})
+}
+
+// GuestKubeProxy is kube-proxy (test/apiserver's static build), for the
+// takeover test; it is copied in only when it was built.
+const GuestKubeProxy = "/e2e/kube-proxy"
+
+// guestFiles maps host paths to the guest paths RunGuest copies in.
+func (h *Harness) guestFiles() map[string]string {
+	files := map[string]string{
+		h.KipvsBinary:     GuestKipvs,
+		h.KipvsKubeconfig: GuestKipvsKubeconfig,
+		h.AdminKubeconfig: GuestAdminKubeconfig,
+	}
+	if kp := filepath.Join(apiserver.BinDir(), apiserver.KubeProxyBinary); fileExists(kp) {
+		files[kp] = GuestKubeProxy
+	}
+	return files
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // moduleRoot returns the directory of the main module's go.mod.
