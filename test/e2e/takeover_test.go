@@ -241,8 +241,9 @@ func TestTakeover(t *testing.T) {
 	}
 
 	stop := make(chan struct{})
-	// 20 requests/s, bounded at 60 s worth.
-	traffic := startTraffic(t.Context(), stop, 50*time.Millisecond, 1200, cluster, node)
+	// 20 requests/s, bounded at 4 minutes' worth. Under TCG kipvs's first
+	// full sync (some 70 iptables processes) alone takes 30-60 s.
+	traffic := startTraffic(t.Context(), stop, 50*time.Millisecond, 4800, cluster, node)
 	time.Sleep(time.Second)
 
 	// kube-proxy has no SIGTERM handler: the signal ends it, and it cleans
@@ -264,7 +265,7 @@ func TestTakeover(t *testing.T) {
 	}
 	proxy = k
 	started := time.Now()
-	waitForWithin(t, time.Minute, "kipvs to remove kube-proxy's leftovers", func() error {
+	waitForWithin(t, 3*time.Minute, "kipvs to remove kube-proxy's leftovers", func() error {
 		if done, err := k.Exited(); done {
 			return fmt.Errorf("kipvs exited: %v", err)
 		}
