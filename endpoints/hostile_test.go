@@ -399,7 +399,9 @@ func TestHostileInput(t *testing.T) {
 			for _, s := range tc.slices {
 				r.state.OnEndpointSliceUpdate(nil, s)
 			}
+			start := time.Now()
 			r.sync(false) // incremental: only the hostile objects changed
+			t.Logf("incremental sync with the hostile objects took %s", time.Since(start).Round(time.Millisecond))
 			r.checkControl(wantControl, "incremental sync")
 			r.sync(true)
 			r.checkControl(wantControl, "full sync")

@@ -382,11 +382,14 @@ func TestKernelFaultsConverge(t *testing.T) {
 			// The faults stop: an incremental and a full sync converge on exactly
 			// what a fault-free run programs, no stale and no missing entry.
 			r.faulty.SetFailEvery(0)
+			before := r.writes()
 			r.mustSync(false)
 			r.mustSync(true)
 			if diff := cmp.Diff(want, r.kernelText()); diff != "" {
 				t.Errorf("kernel after faults stopped differs from a fault-free run (-want +got):\n%s", diff)
 			}
+			t.Logf("faults injected %d, failed syncs %d/%d, failed ops counted %d, writes to converge %d",
+				faults, failedSyncs, len(w.changes)+2, failedOps, r.writes()-before)
 			w0 := r.writes()
 			r.mustSync(false)
 			r.mustSync(true)
@@ -589,10 +592,12 @@ func TestHandEditsRepairedAtFullResync(t *testing.T) {
 			if r.kernelText() == want {
 				t.Fatal("the hand edit changed nothing")
 			}
+			w0 := r.writes()
 			r.mustSync(true)
 			if diff := cmp.Diff(want, r.kernelText()); diff != "" {
 				t.Errorf("not repaired by the full resync (-want +got):\n%s", diff)
 			}
+			t.Logf("repaired with %d writes", r.writes()-w0)
 		})
 	}
 }
