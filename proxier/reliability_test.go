@@ -8,7 +8,9 @@ package proxier_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -602,16 +604,16 @@ func TestHandEditsRepairedAtFullResync(t *testing.T) {
 	}
 }
 
-// flushChainWith flushes the first non-empty nat or filter chain whose name
-// starts with prefix, as `iptables -F` by hand would.
+// flushChainWith flushes the first (by name) non-empty nat or filter chain
+// whose name starts with prefix, as `iptables -F` by hand would.
 func flushChainWith(ctx context.Context, r *rig, prefix string) error {
 	for _, table := range []string{"nat", "filter"} {
 		chains, err := r.ipt.Save(ctx, table)
 		if err != nil {
 			return err
 		}
-		for name, rules := range chains {
-			if strings.HasPrefix(name, prefix) && len(rules) > 0 {
+		for _, name := range slices.Sorted(maps.Keys(chains)) {
+			if rules := chains[name]; strings.HasPrefix(name, prefix) && len(rules) > 0 {
 				return r.ipt.FlushChain(ctx, table, name)
 			}
 		}
