@@ -224,10 +224,8 @@ func hostileCases() []hostileCase {
 		nodeAddrs: ipv4OnlyNode,
 		services:  []*v1.Service{web("v6", "fd00::10")},
 		slices:    []*discoveryv1.EndpointSlice{slice("hostile", "v6-1", "v6", "fd00:10::1")},
-		// Gap: nothing is programmed and the proxier logs the missing family
-		// once, but no Rejection or Service error names hostile/v6 (the
-		// model skips a family the node lacks silently, per Service).
-		want: nil,
+		// Nothing is programmed, and the Service error says why.
+		want: []problem{{"hostile/v6", "this node has no IPv6 address"}},
 	}, {
 		name:      "dual-stack Service on an IPv4-only node keeps its IPv4 half",
 		nodeAddrs: ipv4OnlyNode,

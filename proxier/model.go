@@ -226,6 +226,10 @@ func BuildService(svc *endpoints.Service, eps endpoints.EndpointsMap, node NodeI
 		}
 		sched = a
 	}
+	if err := servableFamily(svc, &node); err != nil {
+		sm.Err = fmt.Errorf("service %s: %w", svc.Name, err)
+		return sm
+	}
 	b := serviceBuilder{sm: &sm, node: &node, cfg: &cfg, sched: sched}
 	for _, sp := range svc.Ports {
 		if err := b.addPort(sp, eps[sp.Name]); err != nil {
@@ -236,6 +240,27 @@ func BuildService(svc *endpoints.Service, eps endpoints.EndpointsMap, node NodeI
 	slices.SortFunc(sm.Addresses, netip.Addr.Compare)
 	sm.Addresses = slices.Compact(sm.Addresses)
 	return sm
+}
+
+// servableFamily fails when the node has none of the address families of the
+// Service's cluster IPs (an IPv6-only Service on an IPv4-only node): such a
+// Service gets nothing, and the error says why instead of it vanishing. A
+// dual-stack Service on a single-stack node is served in the node's family.
+func servableFamily(svc *endpoints.Service, node *NodeInfo) error {
+	if len(svc.Ports) == 0 || len(svc.Ports[0].ClusterIPs) == 0 {
+		return nil
+	}
+	ips := svc.Ports[0].ClusterIPs // the same for every port
+	for _, ip := range ips {
+		if node.hasFamily(ip) {
+			return nil
+		}
+	}
+	family := "IPv4"
+	if ips[0].Is6() {
+		family = "IPv6"
+	}
+	return fmt.Errorf("this node has no %s address, so its cluster IPs %v cannot be served", family, ips)
 }
 
 // serviceBuilder accumulates one Service's virtual servers.
