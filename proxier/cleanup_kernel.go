@@ -1,7 +1,6 @@
 package proxier
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -220,33 +219,7 @@ func goneIfNotExist(err error) error {
 // like ParseIptablesSave, keeping each rule's arguments apart: a double-quoted
 // argument ("kubernetes service portals") is one argument without its quotes.
 func ParseIptablesSaveArgs(text, table string) (map[string][][]string, error) {
-	chains := map[string][][]string{}
-	in := false
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-		case strings.HasPrefix(line, "*"):
-			in = line[1:] == table
-		case !in:
-		case line == "COMMIT":
-			in = false
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if _, ok := chains[name]; !ok {
-				chains[name] = [][]string{}
-			}
-		case strings.HasPrefix(line, "-A "):
-			chain, rule, _ := strings.Cut(line[3:], " ")
-			chains[chain] = append(chains[chain], splitRuleArgs(rule))
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading iptables-save output: %w", err)
-	}
-	return chains, nil
+	return parseIptablesSave(text, table, splitRuleArgs)
 }
 
 // splitRuleArgs splits a rule on blanks outside double quotes; a backslash

@@ -155,7 +155,13 @@ func (g *GoIptables) Insert(ctx context.Context, table, chain string, pos int, r
 // output. Rules keep iptables-save's spelling (arguments split on blanks,
 // double-quoted arguments kept whole with their quotes removed).
 func ParseIptablesSave(text, table string) (map[string][]string, error) {
-	chains := map[string][]string{}
+	return parseIptablesSave(text, table, NormalizeRule)
+}
+
+// parseIptablesSave reads the chains of table from iptables-save output, each
+// rule turned into a T by rule; a chain without rules maps to an empty slice.
+func parseIptablesSave[T any](text, table string, rule func(string) T) (map[string][]T, error) {
+	chains := map[string][]T{}
 	in := false
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
@@ -171,11 +177,11 @@ func ParseIptablesSave(text, table string) (map[string][]string, error) {
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
 			if _, ok := chains[name]; !ok {
-				chains[name] = []string{}
+				chains[name] = []T{}
 			}
 		case strings.HasPrefix(line, "-A "):
-			chain, rule, _ := strings.Cut(line[3:], " ")
-			chains[chain] = append(chains[chain], NormalizeRule(rule))
+			chain, r, _ := strings.Cut(line[3:], " ")
+			chains[chain] = append(chains[chain], rule(r))
 		}
 	}
 	if err := sc.Err(); err != nil {
