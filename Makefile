@@ -36,7 +36,6 @@ test: setup
 	$(GO) vet -tags kerneltest ./test/...
 	KIPVS_REQUIRE_VM=1 KIPVS_REQUIRE_APISERVER=1 $(GO) test -count=1 -timeout 45m ./...
 	$(MAKE) fuzz FUZZTIME=10s
-	$(MAKE) vuln
 
 ## demo: a local API server, kipvs in a VM, sample Services and traffic through a ClusterIP
 demo: setup
