@@ -10,7 +10,9 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -210,6 +212,71 @@ func TestObservabilityHealth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestObservabilityHealthStalls: when syncs keep failing, an update queued
+// after the failures starts is not synced, and /healthz and /livez turn 503
+// after 2 x syncPeriod; once syncs succeed again they answer 200. The fault is
+// a real one: the iptables binaries disappear, so every full sync (due every
+// syncPeriod, and every retry after a failed one) fails in its netfilter part.
+func TestObservabilityHealthStalls(t *testing.T) {
+	e := newEnv(t, "pod-a")
+	save, err := exec.LookPath("iptables-save")
+	if err != nil {
+		t.Fatalf("iptables-save: %v", err)
+	}
+	multi, err := filepath.EvalSymlinks(save)
+	if err != nil {
+		t.Fatalf("resolving %s: %v", save, err)
+	}
+	hidden := multi + ".hidden-by-test"
+	restore := func() {
+		if _, err := os.Stat(hidden); err == nil {
+			if err := os.Rename(hidden, multi); err != nil {
+				t.Errorf("restoring %s: %v", multi, err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	failed := `kipvs_syncs_total{kind="full",result="error"}`
+	before := scrapeMetrics(t)[canonicalSeries(failed)]
+	if err := os.Rename(multi, hidden); err != nil {
+		t.Fatalf("hiding %s: %v", multi, err)
+	}
+	// Wait for a full sync to fail, so that every later sync is a failing full one.
+	waitForWithin(t, 3*syncPeriod, "a failed full sync", func() error {
+		if v := scrapeMetrics(t)[canonicalSeries(failed)]; v <= before {
+			return fmt.Errorf("%s = %v", failed, v)
+		}
+		return nil
+	})
+	e.createService("late") // an update that cannot be synced now
+	queued := time.Now()
+	for _, path := range []string{"/healthz", "/livez"} {
+		waitForWithin(t, 2*syncPeriod+40*time.Second, path+" 503", func() error {
+			return wantCode(t, path, http.StatusServiceUnavailable)
+		})
+	}
+	if d := time.Since(queued); d < 2*syncPeriod {
+		t.Errorf("unhealthy %v after the update was queued, before the 2 x syncPeriod bound", d)
+	}
+	if v := scrapeMetrics(t)[canonicalSeries(`kubeproxy_proxy_healthz_total{code="503"}`)]; v < 1 {
+		t.Errorf("kubeproxy_proxy_healthz_total{code=\"503\"} = %v, want >= 1", v)
+	}
+	restore()
+	for _, path := range []string{"/healthz", "/livez"} {
+		waitForWithin(t, 90*time.Second, path+" 200 after syncs recover", func() error {
+			return wantCode(t, path, http.StatusOK)
+		})
+	}
+}
+
+// wantCode GETs path on the health server and fails unless it answers code.
+func wantCode(t *testing.T, path string, code int) error {
+	if got, body := httpGet(t, healthURL+path); got != code {
+		return fmt.Errorf("GET %s: %d %s", path, got, body)
+	}
+	return nil
 }
 
 // TestObservabilityStatusUnreachable: `kipvs status` against an address where
