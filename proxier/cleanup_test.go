@@ -118,7 +118,7 @@ var kipvsRuleRemovals = []string{
 
 var kipvsSetRemovals = []string{
 	"ipset KIPVS-CLUSTER-IP", "ipset KIPVS-EXTERNAL", "ipset KIPVS-EXTERNAL-LOCAL", "ipset KIPVS-LB-FIREWALL",
-	"ipset KIPVS-LB-SOURCE-CIDR", "ipset KIPVS-LOOP-BACK", "ipset KIPVS-NODE-PORT-SCTP", "ipset KIPVS-NODE-PORT-TCP",
+	"ipset KIPVS-LB-SOURCE-CIDR", "ipset KIPVS-LOOP-BACK", "ipset KIPVS-NO-LOCAL", "ipset KIPVS-NODE-PORT-SCTP", "ipset KIPVS-NODE-PORT-TCP",
 	"ipset KIPVS-NODE-PORT-UDP", "ipset KIPVS-VIPS",
 }
 

@@ -35,6 +35,11 @@ const (
 	// connections to them on a port that is not a Service port are dropped
 	// (kube-proxy #72236).
 	SetVIPs
+	// SetNoLocal holds vip,proto:port (node IP for a NodePort) of every
+	// virtual server whose Local traffic policy finds no local endpoint: its
+	// traffic is dropped, as kube-proxy's iptables and nftables modes do,
+	// instead of IPVS's ICMP reject for a virtual server without real servers.
+	SetNoLocal
 	// SetNodePortTCP, SetNodePortUDP and SetNodePortSCTP hold the NodePorts
 	// with externalTrafficPolicy Cluster, which are masqueraded.
 	SetNodePortTCP
@@ -52,6 +57,7 @@ var setDefs = [numSets]struct{ suffix, typ string }{
 	SetLBSourceCIDR:  {"LB-SOURCE-CIDR", SetTypeHashIPPortNet},
 	SetLoopBack:      {"LOOP-BACK", SetTypeHashIPPortIP},
 	SetVIPs:          {"VIPS", SetTypeHashIP},
+	SetNoLocal:       {"NO-LOCAL", SetTypeHashIPPort},
 	SetNodePortTCP:   {"NODE-PORT-TCP", SetTypeBitmapPort},
 	SetNodePortUDP:   {"NODE-PORT-UDP", SetTypeBitmapPort},
 	SetNodePortSCTP:  {"NODE-PORT-SCTP", SetTypeBitmapPort},
@@ -99,6 +105,7 @@ var nodePortSet = map[ipvs.Protocol]SetID{ipvs.TCP: SetNodePortTCP, ipvs.UDP: Se
 //     halves (as kube-proxy does).
 //   - Every real server that is an endpoint on this node goes to SetLoopBack.
 //   - The Service's dummy-link addresses go to SetVIPs.
+//   - A virtual server whose Local policy finds no local endpoint goes to SetNoLocal.
 func BuildNetfilterService(sm *ServiceModel, svc *endpoints.Service, eps endpoints.EndpointsMap, nodeName string) []SetMember {
 	if sm == nil || svc == nil {
 		return nil
@@ -151,6 +158,9 @@ func BuildNetfilterService(sm *ServiceModel, svc *endpoints.Service, eps endpoin
 			if !sp.ExternalPolicyLocal {
 				add(nodePortSet[k.Protocol], v6, IPSetEntry{Port: k.Port})
 			}
+		}
+		if dvs.NoLocalEndpoints {
+			add(SetNoLocal, v6, ipPort)
 		}
 		for rk := range dvs.RealServers {
 			if isLocal(dvs.Port, rk) {
@@ -264,8 +274,10 @@ const (
 //     reaching itself after IPVS picked it) and marked traffic are masqueraded.
 //
 // filter:
-//   - INPUT and FORWARD jump to KIPVS-FIREWALL: traffic to an LB IP:port with
-//     source ranges from another source is dropped.
+//   - INPUT and FORWARD jump to KIPVS-FIREWALL: traffic to a VIP:port whose
+//     Local traffic policy finds no local endpoint is dropped (filter INPUT
+//     runs before IPVS's LOCAL_IN hook, so IPVS never rejects it); traffic to
+//     an LB IP:port with source ranges from another source is dropped.
 //   - INPUT sends new connections to KIPVS-IPVS-FILTER: traffic to an address
 //     on the dummy link that is not a Service IP:port is dropped (#72236).
 //     kube-proxy REJECTs; kipvs DROPs so that it needs no REJECT target
@@ -311,6 +323,7 @@ func BuildRules(rc RuleConfig) RuleSet {
 				masq,
 			}},
 			{Table: "filter", Name: ChainFirewall, Rules: [][]string{
+				args("-m set --match-set", set(SetNoLocal), "dst,dst -j DROP"),
 				args("-m set --match-set", set(SetLBFirewall), "dst,dst -j", ChainSourceRanges),
 			}},
 			{Table: "filter", Name: ChainSourceRanges, Rules: [][]string{

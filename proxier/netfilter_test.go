@@ -114,6 +114,8 @@ func TestBuildNetfilterService(t *testing.T) {
 			"KIPVS-LB-SOURCE-CIDR 198.51.100.1,tcp:80,128.0.0.0/1",
 			"KIPVS-LB-SOURCE-CIDR 198.51.100.1,tcp:80,192.0.2.0/24",
 			"KIPVS-VIPS 10.96.0.10", "KIPVS-VIPS 198.51.100.1",
+			// The only endpoint is on node2: the LB IP drops instead of rejecting.
+			"KIPVS-NO-LOCAL 198.51.100.1,tcp:80",
 		},
 	}, {
 		name: "IPv6 SCTP",

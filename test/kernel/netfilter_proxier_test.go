@@ -384,3 +384,55 @@ func TestNetfilterRuleCount(t *testing.T) {
 		t.Errorf("unchanged full resync at 5,000 Services: %+v, want 0 writes", res)
 	}
 }
+
+// TestNetfilterNoLocalEndpointsDrop: a NodePort with externalTrafficPolicy
+// Local and a ClusterIP with internalTrafficPolicy Local whose only endpoint is
+// on another node drop new connections (as kube-proxy's iptables and nftables
+// modes do) instead of IPVS's ICMP reject of a virtual server without real
+// servers; once a local endpoint appears they answer.
+func TestNetfilterNoLocalEndpointsDrop(t *testing.T) {
+	c := newCluster(t, "a", "client")
+	outside := netpod.NewNet(t, netpod.NetOptions{})
+	ext := outside.AddPod(t, "ext")
+	c.setService(makeService("elocal", c.vip(30).String(), []v1.ServicePort{svcPort("http", v1.ProtocolTCP, 80, 30182)}, nodePortType,
+		func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal }))
+	c.setSlice(httpSlice("elocal-1", "elocal", remoteEndpoint(c.pods["a"])))
+	c.setService(makeService("ilocal", c.vip(31).String(), []v1.ServicePort{svcPort("http", v1.ProtocolTCP, 80, 0)}, internalLocalPolicy))
+	c.setSlice(httpSlice("ilocal-1", "ilocal", remoteEndpoint(c.pods["a"])))
+	p := c.startNF(c.nfConfig())
+
+	cases := []struct {
+		what string
+		from *netpod.Pod
+		to   netip.AddrPort
+	}{
+		{"NodePort, policy Local, from outside", ext, netip.AddrPortFrom(outside.Gateway, 30182)},
+		{"ClusterIP, internal policy Local, from a pod", c.pods["client"], netip.AddrPortFrom(c.vip(31), 80)},
+	}
+	for _, tc := range cases {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		reply, err := netpod.Ask(ctx, tc.from, tcp, tc.to)
+		cancel()
+		switch {
+		case err == nil:
+			t.Errorf("%s: answered %q with no local endpoint", tc.what, reply)
+		case refused(err):
+			t.Errorf("%s: refused (%v); want the connection dropped", tc.what, err)
+		default:
+			t.Logf("%s: %v (dropped)", tc.what, err)
+		}
+	}
+	if t.Failed() {
+		logNetfilterState(t)
+	}
+
+	t.Log("the endpoint becomes local: both answer")
+	c.setSlice(httpSlice("elocal-1", "elocal", c.endpointsOf("a")...))
+	c.setSlice(httpSlice("ilocal-1", "ilocal", c.endpointsOf("a")...))
+	p.QueueSync()
+	for _, tc := range cases {
+		if pod, _ := seenAs(t, tc.from, tc.to); pod != "a" {
+			t.Errorf("%s: answered by %s, want a", tc.what, pod)
+		}
+	}
+}
