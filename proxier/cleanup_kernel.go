@@ -222,38 +222,6 @@ func ParseIptablesSaveArgs(text, table string) (map[string][][]string, error) {
 	return parseIptablesSave(text, table, splitRuleArgs)
 }
 
-// splitRuleArgs splits a rule on blanks outside double quotes; a backslash
-// escapes the next character inside quotes (iptables-save escapes quotes so).
-func splitRuleArgs(rule string) []string {
-	var args []string
-	var cur strings.Builder
-	quoted, have, escaped := false, false, false
-	for _, r := range rule {
-		switch {
-		case escaped:
-			cur.WriteRune(r)
-			escaped = false
-		case quoted && r == '\\':
-			escaped = true
-		case r == '"':
-			quoted, have = !quoted, true
-		case (r == ' ' || r == '\t') && !quoted:
-			if have {
-				args = append(args, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteRune(r)
-			have = true
-		}
-	}
-	if have {
-		args = append(args, cur.String())
-	}
-	return args
-}
-
 // SaveRules implements IptablesCleaner. The fake keeps rules normalized, so
 // an argument with blanks comes back split; DeleteRule compares normalized
 // rules, so it still finds the rule.

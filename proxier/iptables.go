@@ -191,13 +191,25 @@ func parseIptablesSave[T any](text, table string, rule func(string) T) (map[stri
 }
 
 // NormalizeRule rewrites a rule as kipvs compares rules: arguments separated by
-// one blank, double quotes removed. Desired rules are normalized the same way.
+// one blank, double quotes removed (splitRuleArgs). Desired rules are
+// normalized the same way.
 func NormalizeRule(rule string) string {
+	return strings.Join(splitRuleArgs(rule), " ")
+}
+
+// splitRuleArgs splits a rule on blanks outside double quotes; a backslash
+// escapes the next character inside quotes (iptables-save escapes quotes so).
+func splitRuleArgs(rule string) []string {
 	var args []string
 	var cur strings.Builder
-	quoted, have := false, false
+	quoted, have, escaped := false, false, false
 	for _, r := range rule {
 		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case quoted && r == '\\':
+			escaped = true
 		case r == '"':
 			quoted, have = !quoted, true
 		case (r == ' ' || r == '\t') && !quoted:
@@ -214,7 +226,7 @@ func NormalizeRule(rule string) string {
 	if have {
 		args = append(args, cur.String())
 	}
-	return strings.Join(args, " ")
+	return args
 }
 
 // CommandRunner runs a program and returns its standard output; tests replace it.
