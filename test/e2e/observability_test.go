@@ -250,8 +250,10 @@ func TestObservabilityHealthStalls(t *testing.T) {
 		}
 		return nil
 	})
-	e.createService("late") // an update that cannot be synced now
+	// The update cannot be queued before the create is sent; kipvs may queue it
+	// before Create returns, so the clock starts here.
 	queued := time.Now()
+	e.createService("late") // an update that cannot be synced now
 	for _, path := range []string{"/healthz", "/livez"} {
 		waitForWithin(t, 2*syncPeriod+40*time.Second, path+" 503", func() error {
 			return wantCode(t, path, http.StatusServiceUnavailable)
