@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build static setup test test-unit demo clean
+.PHONY: all build static setup test test-unit demo clean bench bench-report
 
 all: build
 
@@ -43,6 +43,19 @@ demo: setup
 
 clean:
 	rm -rf bin
+
+## bench: the scalability benchmarks (issue 7): kipvs beside kube-proxy (ipvs, nftables,
+## iptables modes) in the VM against the test API server. Writes docs/bench/results.json,
+## then BENCHMARKS.md and the plots in docs/bench/ from it. Long: see BENCHMARKS.md.
+## BENCHFLAGS passes flags to the runner (go run ./test/bench/cmd/bench -h).
+BENCHFLAGS ?=
+bench: setup
+	$(GO) run ./test/bench/cmd/bench -out docs/bench/results.json $(BENCHFLAGS)
+	$(MAKE) bench-report
+
+## bench-report: BENCHMARKS.md and docs/bench/*.png from docs/bench/results.json
+bench-report:
+	$(GO) run ./test/bench/cmd/report -in docs/bench/results.json -md BENCHMARKS.md -plots docs/bench
 
 ## image-binary: the static Linux kipvs the container image ships, in bin/
 ## (the Dockerfile runs it; GOARCH=arm64 etc. cross-compiles)
