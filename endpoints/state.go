@@ -3,6 +3,7 @@ package endpoints
 import (
 	"cmp"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 	"sync"
@@ -221,6 +222,33 @@ func ParseNode(n *v1.Node) Node {
 	for _, t := range n.Spec.Taints {
 		if t.Key == TaintToBeDeletedByClusterAutoscaler {
 			out.Deleting = true
+		}
+	}
+	out.PrimaryIPs = primaryIPs(n.Status.Addresses)
+	return out
+}
+
+// primaryIPs returns the Node's primary addresses: the first InternalIP, else
+// the first ExternalIP, and then the first address of the other family in the
+// same order of preference (kube-proxy's GetNodeHostIPs). Unparsable
+// addresses are skipped.
+func primaryIPs(addrs []v1.NodeAddress) []netip.Addr {
+	var out []netip.Addr
+	for _, typ := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
+		for _, na := range addrs {
+			if na.Type != typ {
+				continue
+			}
+			a, ok := ParseIP(na.Address)
+			if !ok {
+				continue
+			}
+			switch {
+			case len(out) == 0:
+				out = append(out, a)
+			case len(out) == 1 && out[0].Is4() != a.Is4():
+				return append(out, a)
+			}
 		}
 	}
 	return out

@@ -110,6 +110,12 @@ type Node struct {
 	// Deleting is true when the Node has a deletionTimestamp or the
 	// ToBeDeletedByClusterAutoscaler taint.
 	Deleting bool
+	// PrimaryIPs are the Node's primary addresses, at most one per family
+	// (first the family of the first one): per family the first InternalIP of
+	// status.addresses, else its first ExternalIP, as kube-proxy's
+	// GetNodeHostIPs (k8s.io/kubernetes pkg/util/node) picks them. They are what
+	// nodePortAddresses ["primary"] means.
+	PrimaryIPs []netip.Addr
 }
 
 // Snapshot is what State.Apply hands the proxier: the current Services,
