@@ -3,6 +3,7 @@ package endpoints
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -180,5 +181,88 @@ func TestHandlerTombstonesAndResyncs(t *testing.T) {
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "ns/x", Obj: &discoveryv1.EndpointSlice{}}) // wrong type: ignored
 	if changes != 2 {
 		t.Errorf("onChange called %d times, want 2", changes)
+	}
+}
+
+// apiServerState is a state fake of an APIServerObserver: each resource's
+// latest request error.
+type apiServerState struct {
+	mu     sync.Mutex
+	latest map[string]error
+}
+
+func (a *apiServerState) ObserveAPIServer(resource string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.latest == nil {
+		a.latest = map[string]error{}
+	}
+	a.latest[resource] = err
+}
+
+// get returns the latest error of resource and whether any request was seen.
+func (a *apiServerState) get(resource string) (error, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	err, ok := a.latest[resource]
+	return err, ok
+}
+
+// TestWatchReportsAPIServer: a list that fails is reported with its error,
+// the informer's retry that succeeds clears it, and the caches sync only then.
+func TestWatchReportsAPIServer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset(makeService("ns", "a"))
+	var down atomic.Bool
+	down.Store(true)
+	refused := errors.New("dial tcp 10.0.0.1:6443: connect: connection refused")
+	client.PrependReactor("list", "endpointslices", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if down.Load() {
+			return true, nil, refused
+		}
+		return false, nil, nil
+	})
+	obs := &apiServerState{}
+	s := NewState("node1")
+	done := make(chan error, 1)
+	go func() { done <- Watch(ctx, client, s, 0, nil, WithAPIServerObserver(obs)) }()
+
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	wait("the failed list of endpointslices to be reported", func() bool {
+		err, seen := obs.get("endpointslices")
+		return seen && errors.Is(err, refused)
+	})
+	wait("services to be listed", func() bool {
+		err, seen := obs.get("services")
+		return seen && err == nil
+	})
+	if s.Synced() {
+		t.Fatal("caches synced although endpointslices never listed")
+	}
+	down.Store(false)
+	wait("the retried list of endpointslices to clear the error", func() bool {
+		err, seen := obs.get("endpointslices")
+		return seen && err == nil
+	})
+	wait("the caches to sync", s.Synced)
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch = %v after its context ended, want nil", err)
+	}
+	// Requests ended by the cancelled context are not reported as failures.
+	for _, res := range []string{"services", "endpointslices", "nodes"} {
+		if err, _ := obs.get(res); err != nil {
+			t.Errorf("%s reported %v after kipvs stopped, want nil", res, err)
+		}
 	}
 }
