@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -83,6 +84,9 @@ type Proxier struct {
 	pendingAddrs map[netip.Addr]struct{}
 	needFull     bool
 	lastFull     time.Time
+	// primaryLogged is set once the NodePort addresses of nodePortAddresses
+	// ["primary"] were logged; they are logged again when they change.
+	primaryLogged bool
 	// sem is conntrack clearing, health checks, drain polling (semantics.go).
 	sem semantics
 	// nf manages ipsets, iptables rules and kernel settings (netfilter.go); nil when not used.
@@ -256,6 +260,7 @@ func (p *Proxier) prepareFull(ctx context.Context, snap *endpoints.Snapshot) (Sc
 		return Scope{}, 0, err
 	}
 	p.observed.SetDump(dump, bound)
+	p.adoptNodePorts(ctx)
 	p.raw = make(map[types.NamespacedName]*ServiceModel, len(snap.Services))
 	p.claims = make(claims, len(snap.Services))
 	for name, svc := range snap.Services {
@@ -287,9 +292,35 @@ func (p *Proxier) refreshNode(ctx context.Context, node endpoints.Node) error {
 	if err != nil {
 		return fmt.Errorf("listing node addresses: %w", err)
 	}
-	p.node = NodeInfo{Node: node, IPs: NodePortIPs(local, p.cfg.NodePortAddresses), LocalAddrs: local}
+	ips := NodePortIPs(local, p.cfg.NodePortAddresses)
+	if p.cfg.NodePortPrimaryOnly {
+		ips = PrimaryNodePortIPs(local, node.PrimaryIPs)
+	}
+	if p.cfg.NodePortPrimaryOnly && (!p.primaryLogged || !slices.Equal(ips, p.node.IPs)) {
+		p.primaryLogged = true
+		klog.FromContext(ctx).Info("NodePort addresses: the Node's primary IPs that are local",
+			"primaryIPs", node.PrimaryIPs, "nodePortIPs", ips)
+	}
+	p.node = NodeInfo{Node: node, IPs: ips, LocalAddrs: local}
 	p.noteFamilies(ctx, local)
 	return nil
+}
+
+// PrimaryNodePortIPs is nodePortAddresses ["primary"]: the node's primary IPs
+// (endpoints.Node.PrimaryIPs, from the Node's status addresses) that are local
+// addresses. kube-proxy turns "primary" into a /32 and a /128 of those IPs at
+// startup; kipvs follows Node updates. Unlike kube-proxy, a Node with no primary
+// IP (no status addresses yet) gets no NodePort virtual server rather than one
+// on every address: "primary" never widens to all addresses.
+func PrimaryNodePortIPs(local, primary []netip.Addr) []netip.Addr {
+	out := []netip.Addr{}
+	for _, a := range local {
+		a = a.Unmap()
+		if slices.Contains(primary, a) && !a.IsLoopback() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // NodePortIPs picks the node addresses that get NodePort virtual servers: those
@@ -430,4 +461,45 @@ func (p *Proxier) refreshDraining(ctx context.Context, scope map[ipvs.VirtualSer
 		}
 	}
 	return nil
+}
+
+// adoptNodePorts marks as owned the dumped NodePort virtual servers that kipvs
+// created, even in an earlier run: those on a node address (not on the dummy
+// link) whose protocol and port one of kipvs's NodePort ipsets holds for that
+// family, or whose exact key kipvs's no-local-endpoints set holds. It runs
+// before this sync's netfilter step rewrites the sets, so after a restart the
+// sets still describe the previous run: a NodePort Service deleted while kipvs
+// was down loses its virtual servers at the first full sync. See
+// KernelState.AdoptNodePorts for what stays behind. Without the netfilter layer
+// there are no sets and nothing is adopted. A set that cannot be read is
+// logged and skipped: ownership hints must not stop the sync.
+func (p *Proxier) adoptNodePorts(ctx context.Context) {
+	if p.nf == nil || p.nf.k.Ipset == nil {
+		return
+	}
+	logger := klog.FromContext(ctx)
+	marks := NodePortMarks{Ports: map[NodePortMark]struct{}{}, Keys: map[ipvs.VirtualServerKey]struct{}{}}
+	read := func(name string, each func(IPSetEntry)) {
+		_, entries, err := p.nf.k.Ipset.List(ctx, name)
+		if err != nil {
+			if !IsSetNotFound(err) {
+				logger.Error(err, "Reading a kipvs ipset to recognise kipvs's NodePort virtual servers", "set", name)
+			}
+			return
+		}
+		for _, e := range entries {
+			each(e)
+		}
+	}
+	for _, v6 := range p.nf.families {
+		for proto, id := range nodePortSet {
+			read(SetName(id, v6), func(e IPSetEntry) { marks.Ports[NodePortMark{IPv6: v6, Protocol: proto, Port: e.Port}] = struct{}{} })
+		}
+		read(SetName(SetNoLocal, v6), func(e IPSetEntry) {
+			marks.Keys[ipvs.VirtualServerKey{Address: e.IP.Unmap(), Protocol: e.Protocol, Port: e.Port}] = struct{}{}
+		})
+	}
+	if adopted := p.observed.AdoptNodePorts(p.node.LocalAddrs, marks); len(adopted) > 0 {
+		logger.V(2).Info("Recognised kipvs's NodePort virtual servers from its ipsets", "virtualServers", adopted)
+	}
 }

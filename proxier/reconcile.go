@@ -26,8 +26,9 @@ type KernelState struct {
 	// Owned are virtual servers kipvs programmed or adopted since it started,
 	// besides those on dummy-link addresses. It lets kipvs remove NodePort virtual
 	// servers (on node IPs, which are not on the dummy link) that it created. It
-	// lives in memory only: a NodePort virtual server whose Service was deleted
-	// while kipvs was not running is left alone, like a foreign one.
+	// lives in memory; a full sync adds the NodePort virtual servers that kipvs's
+	// ipsets name (AdoptNodePorts), so that those of a Service deleted while kipvs
+	// was not running are removed too.
 	Owned map[ipvs.VirtualServerKey]struct{}
 }
 
@@ -56,6 +57,65 @@ func (s *KernelState) SetDump(dump []ipvs.VirtualServerStatus, addrs []netip.Add
 			delete(s.Owned, k)
 		}
 	}
+}
+
+// NodePortMark is a NodePort that one of kipvs's NodePort ipsets holds: its
+// family (true: IPv6), protocol and port.
+type NodePortMark struct {
+	IPv6     bool
+	Protocol ipvs.Protocol
+	Port     uint16
+}
+
+// NodePortMarks are what kipvs's ipsets say about NodePort virtual servers it
+// created: Ports from the NodePort sets (KIPVS-NODE-PORT-TCP and the like,
+// NodePorts with externalTrafficPolicy Cluster), Keys exact virtual servers
+// (KIPVS-NO-LOCAL: Local-policy ones with no local endpoint). The zero value
+// adopts nothing; use a composite literal with both maps to fill it.
+type NodePortMarks struct {
+	Ports map[NodePortMark]struct{}
+	Keys  map[ipvs.VirtualServerKey]struct{}
+}
+
+// AdoptNodePorts adds to Owned every observed virtual server on one of local
+// (the node's addresses outside the dummy link) that marks names: its family,
+// protocol and port are in Ports, or its key is in Keys. It returns the keys
+// newly owned, sorted.
+//
+// The ipsets live in the kernel like the IPVS table, so they outlive a kipvs
+// restart and vanish with a reboot, as the virtual servers do. A virtual server
+// on a node address with a protocol and port kipvs never had as a NodePort is
+// never adopted. What the sets cannot tell: a NodePort with
+// externalTrafficPolicy Local that still had a local endpoint is in no set, so
+// after a restart its virtual servers are left alone if its Service is gone;
+// and a foreign virtual server on a node address that happens to use a port
+// kipvs had as a NodePort of the same protocol is adopted (kipvs would have
+// taken over that key while the Service existed anyway).
+func (s *KernelState) AdoptNodePorts(local []netip.Addr, marks NodePortMarks) []ipvs.VirtualServerKey {
+	if len(marks.Ports)+len(marks.Keys) == 0 {
+		return nil
+	}
+	node := make(map[netip.Addr]struct{}, len(local))
+	for _, a := range local {
+		node[a.Unmap()] = struct{}{}
+	}
+	var out []ipvs.VirtualServerKey
+	for k := range s.VirtualServers {
+		if _, ok := node[k.Address]; !ok {
+			continue
+		}
+		if _, ok := s.Owned[k]; ok {
+			continue
+		}
+		_, byPort := marks.Ports[NodePortMark{IPv6: k.Address.Is6(), Protocol: k.Protocol, Port: k.Port}]
+		_, byKey := marks.Keys[k]
+		if byPort || byKey {
+			s.Owned[k] = struct{}{}
+			out = append(out, k)
+		}
+	}
+	slices.SortFunc(out, ipvs.VirtualServerKey.Compare)
+	return out
 }
 
 // observedFrom converts a dumped virtual server.
