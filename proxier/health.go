@@ -27,6 +27,23 @@ type Health struct {
 	lastUpdated  time.Time
 	oldestQueued time.Time // zero when nothing is queued
 	nodeEligible bool
+	apiFailing   map[string]time.Time // resource -> first failure of its current outage
+	apiError     string               // the latest failed request's error
+}
+
+// APIServerStatus says whether kipvs's lists and watches reach the API server.
+// An outage does not make kipvs unhealthy: the kernel keeps what the last sync
+// programmed and traffic flows, and failing every node's health check at once
+// would restart every node's proxy (kube-proxy's /healthz ignores the API
+// server too). It is reported in /healthz, /livez and /status instead.
+type APIServerStatus struct {
+	// Reachable is false while the latest list or watch request of any
+	// resource failed (unreachable, refused, timed out or rejected).
+	Reachable bool `json:"reachable"`
+	// Since is when the requests started failing; set only when unreachable.
+	Since *time.Time `json:"since,omitempty"`
+	// Error is the latest failure; set only when unreachable.
+	Error string `json:"error,omitempty"`
 }
 
 // HealthReport is the JSON body of /healthz and /livez, kube-proxy's shape.
@@ -39,13 +56,55 @@ type HealthReport struct {
 	NodeEligible *bool `json:"nodeEligible,omitempty"`
 	// Healthy is false when a queued update is late.
 	Healthy bool `json:"healthy"`
+	// APIServer says whether kipvs reaches the API server; it does not
+	// change Healthy.
+	APIServer APIServerStatus `json:"apiServer"`
 }
 
 // NewHealth returns a healthy Health; timeout bounds the time from a queued
 // update to the sync that applies it. Like kube-proxy, it counts as updated
 // when created, and the Node counts as eligible until a sync says otherwise.
 func NewHealth(clk clock.Clock, timeout time.Duration) *Health {
-	return &Health{clock: clk, timeout: timeout, lastUpdated: clk.Now(), nodeEligible: true}
+	return &Health{clock: clk, timeout: timeout, lastUpdated: clk.Now(), nodeEligible: true, apiFailing: map[string]time.Time{}}
+}
+
+// ObserveAPIServer records the result of one list or watch request of
+// resource (endpoints.APIServerObserver): a failure starts or continues that
+// resource's outage, a success ends it.
+func (h *Health) ObserveAPIServer(resource string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err == nil {
+		delete(h.apiFailing, resource)
+		if len(h.apiFailing) == 0 {
+			h.apiError = ""
+		}
+		return
+	}
+	if _, ok := h.apiFailing[resource]; !ok {
+		h.apiFailing[resource] = h.clock.Now()
+	}
+	h.apiError = resource + ": " + err.Error()
+}
+
+// APIServer returns whether the API server is reachable, and since when not.
+func (h *Health) APIServer() APIServerStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.apiServerLocked()
+}
+
+func (h *Health) apiServerLocked() APIServerStatus {
+	if len(h.apiFailing) == 0 {
+		return APIServerStatus{Reachable: true}
+	}
+	var since time.Time
+	for _, t := range h.apiFailing {
+		if since.IsZero() || t.Before(since) {
+			since = t
+		}
+	}
+	return APIServerStatus{Since: &since, Error: h.apiError}
 }
 
 // SetObserver sets a function told about every answer (path "/healthz" or
@@ -87,7 +146,8 @@ func (h *Health) Report(withNode bool) HealthReport {
 	now := h.clock.Now()
 	r := HealthReport{
 		LastUpdated: h.lastUpdated, CurrentTime: now,
-		Healthy: h.oldestQueued.IsZero() || now.Sub(h.oldestQueued) < h.timeout,
+		Healthy:   h.oldestQueued.IsZero() || now.Sub(h.oldestQueued) < h.timeout,
+		APIServer: h.apiServerLocked(),
 	}
 	if withNode {
 		eligible := h.nodeEligible

@@ -155,3 +155,64 @@ func TestProxierNotifiesHealth(t *testing.T) {
 		t.Fatalf("queued update not synced within 2 x syncPeriod, still healthy: %+v", r)
 	}
 }
+
+// TestHealthAPIServer: failing list and watch requests mark the API server
+// unreachable since the first failure, in /healthz and /livez, without
+// making kipvs unhealthy; it is reachable again once every failing resource
+// succeeds.
+func TestHealthAPIServer(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	refused := errors.New("connect: connection refused")
+	type step struct {
+		advance  time.Duration
+		resource string
+		err      error
+	}
+	tests := []struct {
+		name  string
+		steps []step
+		want  APIServerStatus
+	}{
+		{name: "never observed", want: APIServerStatus{Reachable: true}},
+		{name: "all succeed", steps: []step{{0, "services", nil}, {0, "nodes", nil}}, want: APIServerStatus{Reachable: true}},
+		{name: "one failure", steps: []step{{time.Second, "services", refused}},
+			want: APIServerStatus{Since: ptrTo(start.Add(time.Second)), Error: "services: connect: connection refused"}},
+		{name: "repeated failures keep the first time, the latest error", steps: []step{
+			{time.Second, "services", refused}, {5 * time.Second, "nodes", errors.New("EOF")}, {5 * time.Second, "services", refused},
+		}, want: APIServerStatus{Since: ptrTo(start.Add(time.Second)), Error: "services: connect: connection refused"}},
+		{name: "one resource recovers, another still fails", steps: []step{
+			{time.Second, "services", refused}, {2 * time.Second, "nodes", refused}, {time.Second, "services", nil},
+		}, want: APIServerStatus{Since: ptrTo(start.Add(3 * time.Second)), Error: "nodes: connect: connection refused"}},
+		{name: "every resource recovers", steps: []step{
+			{time.Second, "services", refused}, {time.Second, "nodes", refused}, {time.Second, "nodes", nil}, {0, "services", nil},
+		}, want: APIServerStatus{Reachable: true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := testclock.NewFakeClock(start)
+			h := NewHealth(clk, time.Minute)
+			for _, s := range tc.steps {
+				clk.Step(s.advance)
+				h.ObserveAPIServer(s.resource, s.err)
+			}
+			if diff := cmp.Diff(tc.want, h.APIServer()); diff != "" {
+				t.Errorf("APIServer() (-want +got):\n%s", diff)
+			}
+			for _, path := range []string{"/healthz", "/livez"} {
+				code, body := healthGet(t, h, path)
+				if code != http.StatusOK {
+					t.Errorf("%s = %d during an API server outage, want 200", path, code)
+				}
+				api, _ := body["apiServer"].(map[string]any)
+				if api["reachable"] != tc.want.Reachable {
+					t.Errorf("%s apiServer = %v, want reachable %v", path, body["apiServer"], tc.want.Reachable)
+				}
+				if _, ok := api["since"]; ok == tc.want.Reachable {
+					t.Errorf("%s apiServer = %v: since present %v, want %v", path, api, ok, !tc.want.Reachable)
+				}
+			}
+		})
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

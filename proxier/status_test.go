@@ -81,7 +81,8 @@ func statusHarness(t *testing.T) *harness {
 	return h
 }
 
-// statusOptions returns fixed rejections and conntrack fill.
+// statusOptions returns fixed rejections, conntrack fill and an API server
+// outage.
 func statusOptions() StatusOptions {
 	return StatusOptions{
 		Rejected: func() []endpoints.Rejection {
@@ -91,6 +92,10 @@ func statusOptions() StatusOptions {
 			}
 		},
 		Conntrack: func() (int64, int64, bool) { return 850, 1000, true },
+		APIServer: func() APIServerStatus {
+			since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			return APIServerStatus{Since: &since, Error: "services: dial tcp 10.0.0.1:6443: connect: connection refused"}
+		},
 	}
 }
 

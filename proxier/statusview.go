@@ -25,10 +25,13 @@ import (
 // counters), what in the kernel differs from the model (drift) and the objects
 // kipvs could not program.
 type Status struct {
-	Node      string              `json:"node"`
-	Time      time.Time           `json:"time"`
-	LastSync  *LastSyncStatus     `json:"lastSync,omitempty"`
-	Conntrack *ConntrackStatus    `json:"conntrack,omitempty"`
+	Node      string           `json:"node"`
+	Time      time.Time        `json:"time"`
+	LastSync  *LastSyncStatus  `json:"lastSync,omitempty"`
+	Conntrack *ConntrackStatus `json:"conntrack,omitempty"`
+	// APIServer says whether kipvs reaches the API server (set when
+	// StatusOptions.APIServer is).
+	APIServer *APIServerStatus    `json:"apiServer,omitempty"`
 	Services  []ServicePortStatus `json:"services"`
 	Drift     []DriftStatus       `json:"drift,omitempty"`
 	Rejected  []RejectedStatus    `json:"rejected,omitempty"`
@@ -178,6 +181,8 @@ type StatusOptions struct {
 	Rejected func() []endpoints.Rejection
 	// Conntrack returns the conntrack table's fill; ok is false when unknown.
 	Conntrack func() (entries, limit int64, ok bool)
+	// APIServer returns whether the API server is reachable (Health.APIServer).
+	APIServer func() APIServerStatus
 }
 
 // StatusHandler serves the status document (see Status) for GET requests,
@@ -229,6 +234,10 @@ func (p *Proxier) BuildStatus(ctx context.Context, q StatusQuery, opts StatusOpt
 			}
 			out.Conntrack = cs
 		}
+	}
+	if opts.APIServer != nil {
+		api := opts.APIServer()
+		out.APIServer = &api
 	}
 	if snap == nil {
 		snap = &StatusSnapshot{}
