@@ -88,7 +88,7 @@ func run(ctx context.Context, opts *config.Options) error {
 	watchErr := make(chan error, 1)
 	go func() {
 		defer close(watchErr)
-		if err := endpoints.Watch(runCtx, client, state, opts.ConfigSyncPeriod, p.QueueSync); err != nil && runCtx.Err() == nil {
+		if err := endpoints.Watch(runCtx, client, state, opts.ConfigSyncPeriod, p.QueueSync, endpoints.WithAPIServerObserver(health)); err != nil && runCtx.Err() == nil {
 			watchErr <- err
 			stop()
 		}
@@ -141,6 +141,7 @@ func observe(ctx context.Context, opts *config.Options, p *proxier.Proxier, stat
 			fill, ok, err := metrics.ReadConntrack("/proc")
 			return fill.Entries, fill.Limit, ok && err == nil
 		},
+		APIServer: health.APIServer,
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(reg))
