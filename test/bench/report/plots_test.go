@@ -59,7 +59,7 @@ func TestPlotSeries(t *testing.T) {
 		}
 	}
 	want := map[string][]point{
-		results.Kipvs:                       {{X: 100, Y: 2, Low: 1, High: 1}},
+		results.Kipvs:                     {{X: 100, Y: 2, Low: 1, High: 1}},
 		results.KubeProxyIPVS + " capped": {{X: 10000, Y: 900}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
