@@ -26,6 +26,12 @@ type Iptables interface {
 	Append(ctx context.Context, table, chain string, rule []string) error
 	// Insert inserts a rule at position pos (1 is the first) of chain.
 	Insert(ctx context.Context, table, chain string, pos int, rule []string) error
+	// Restore feeds text (iptables-save format: "*table", ":CHAIN - [0:0]",
+	// "-A"/"-I" lines, "COMMIT") to iptables-restore --noflush: each table
+	// is replaced atomically; a user chain declared with ":CHAIN" is created,
+	// or flushed when it exists; chains not declared keep their rules, and a
+	// builtin chain's declaration changes nothing but its policy.
+	Restore(ctx context.Context, text string) error
 	// Mode names the backend: "nft" or "legacy".
 	Mode() string
 	// RandomFully reports whether MASQUERADE --random-fully is available.
@@ -38,13 +44,15 @@ const (
 	IptablesLegacy = "legacy"
 )
 
-// GoIptables implements Iptables: writes go through github.com/coreos/go-iptables
-// (one iptables process per write; kipvs writes only on a full sync that finds
-// its fixed rules missing or changed), reads are one iptables-save per table.
+// GoIptables implements Iptables: reads are one iptables-save per table, the
+// full sync's writes one iptables-restore --noflush per table (Restore; as
+// kube-proxy does), single-rule writes and the probes (backend, MASQUERADE
+// --random-fully) go through github.com/coreos/go-iptables.
 type GoIptables struct {
-	ipt      *goiptables.IPTables
-	mode     string
-	savePath string
+	ipt         *goiptables.IPTables
+	mode        string
+	savePath    string
+	restorePath string
 }
 
 var _ Iptables = (*GoIptables)(nil)
@@ -59,9 +67,10 @@ func NewGoIptables(mode string, ipv6 bool) (*GoIptables, error) {
 	if ipv6 {
 		base, proto = "ip6tables", goiptables.ProtocolIPv6
 	}
-	cmd, save := base+"-"+mode, base+"-"+mode+"-save"
+	cmd, save, restore := base+"-"+mode, base+"-"+mode+"-save", base+"-"+mode+"-restore"
 	savePath, err := exec.LookPath(save)
-	if _, cerr := exec.LookPath(cmd); cerr != nil || err != nil {
+	restorePath, rerr := exec.LookPath(restore)
+	if _, cerr := exec.LookPath(cmd); cerr != nil || err != nil || rerr != nil {
 		out, verr := exec.Command(base, "--version").Output()
 		if verr != nil {
 			return nil, fmt.Errorf("iptables backend %s: neither %s nor %s runs: %w", mode, cmd, base, verr)
@@ -72,13 +81,16 @@ func NewGoIptables(mode string, ipv6 bool) (*GoIptables, error) {
 		if savePath, err = exec.LookPath(base + "-save"); err != nil {
 			return nil, fmt.Errorf("iptables backend %s: %s-save not found: %w", mode, base, err)
 		}
+		if restorePath, err = exec.LookPath(base + "-restore"); err != nil {
+			return nil, fmt.Errorf("iptables backend %s: %s-restore not found: %w", mode, base, err)
+		}
 		cmd = base
 	}
 	ipt, err := goiptables.New(goiptables.IPFamily(proto), goiptables.Path(cmd), goiptables.Timeout(5))
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", cmd, err)
 	}
-	return &GoIptables{ipt: ipt, mode: mode, savePath: savePath}, nil
+	return &GoIptables{ipt: ipt, mode: mode, savePath: savePath, restorePath: restorePath}, nil
 }
 
 // versionMode reads the backend from `iptables --version` ("iptables
@@ -105,6 +117,22 @@ func (g *GoIptables) Save(ctx context.Context, table string) (map[string][]strin
 		return nil, fmt.Errorf("%s -t %s: %w: %s", g.savePath, table, err, strings.TrimSpace(stderr.String()))
 	}
 	return ParseIptablesSave(out.String(), table)
+}
+
+// Restore implements Iptables. The legacy backend waits up to 5 s for the
+// xtables lock (-w); iptables-nft needs no lock.
+func (g *GoIptables) Restore(ctx context.Context, text string) error {
+	args := []string{"--noflush"}
+	if g.mode == IptablesLegacy {
+		args = append(args, "-w", "5")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, g.restorePath, args...)
+	cmd.Stdin, cmd.Stderr = strings.NewReader(text), &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", g.restorePath, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }
 
 // NewChain implements Iptables.
@@ -293,4 +321,19 @@ func DetectIptablesMode(ctx context.Context, run CommandRunner) (mode, reason st
 		return IptablesLegacy, "no rules in either backend; `iptables --version` says legacy", nil
 	}
 	return IptablesNFT, "no rules in either backend; defaulting to nft", nil
+}
+
+// RestoreRule renders a rule's arguments for iptables-restore: arguments with
+// blanks or quotes are double-quoted, inner quotes and backslashes escaped, so
+// that splitRuleArgs reads them back unchanged.
+func RestoreRule(rule []string) string {
+	out := make([]string, len(rule))
+	for i, a := range rule {
+		if a != "" && !strings.ContainsAny(a, " \t\"\\") {
+			out[i] = a
+			continue
+		}
+		out[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+	}
+	return strings.Join(out, " ")
 }

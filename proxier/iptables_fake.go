@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -228,6 +229,11 @@ func (f *FakeIptables) Insert(ctx context.Context, table, chain string, pos int,
 
 // checkTarget refuses a jump to a chain that does not exist, as iptables does.
 func (f *FakeIptables) checkTarget(table string, rule []string) error {
+	return checkTarget(f.tables[table], rule)
+}
+
+// checkTarget refuses a jump to a chain missing from chains.
+func checkTarget(chains map[string][]string, rule []string) error {
 	i := slices.Index(rule, "-j")
 	if i < 0 || i+1 >= len(rule) {
 		return nil
@@ -236,8 +242,77 @@ func (f *FakeIptables) checkTarget(table string, rule []string) error {
 	if strings.ToUpper(target) != target || !strings.Contains(target, "-") {
 		return nil // a builtin target such as ACCEPT or MASQUERADE
 	}
-	if _, ok := f.tables[table][target]; !ok {
-		return fmt.Errorf("jump to missing chain %s in table %s: %w", target, table, syscall.ENOENT)
+	if _, ok := chains[target]; !ok {
+		return fmt.Errorf("jump to missing chain %s: %w", target, syscall.ENOENT)
+	}
+	return nil
+}
+
+// Restore implements Iptables with iptables-restore --noflush's semantics:
+// each table block is applied on a copy and replaces the table at COMMIT, so a
+// failing line changes nothing. It counts as one write.
+func (f *FakeIptables) Restore(ctx context.Context, text string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.writes++
+	var table string
+	var work map[string][]string
+	for i, raw := range strings.Split(text, "\n") {
+		line := strings.TrimSpace(raw)
+		fail := func(err error) error { return fmt.Errorf("iptables-restore: line %d %q: %w", i+1, line, err) }
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+			t, ok := f.tables[table]
+			if !ok {
+				return fail(syscall.ENOENT)
+			}
+			work = make(map[string][]string, len(t))
+			for c, rules := range t {
+				work[c] = slices.Clone(rules)
+			}
+		case work == nil:
+			return fail(syscall.EINVAL)
+		case line == "COMMIT":
+			f.tables[table], work = work, nil
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			if !slices.Contains(builtinChains[table], name) {
+				work[name] = []string{}
+			}
+		case strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "-I "):
+			chain, rest, _ := strings.Cut(line[3:], " ")
+			rules, ok := work[chain]
+			if !ok {
+				return fail(syscall.ENOENT)
+			}
+			pos := len(rules) + 1
+			if line[1] == 'I' {
+				pos = 1
+				if n, r, ok := strings.Cut(rest, " "); ok {
+					if p, err := strconv.Atoi(n); err == nil {
+						pos, rest = p, r
+					}
+				}
+				if pos < 1 || pos > len(rules)+1 {
+					return fail(syscall.EINVAL)
+				}
+			}
+			rule := splitRuleArgs(rest)
+			if err := checkTarget(work, rule); err != nil {
+				return fail(err)
+			}
+			work[chain] = slices.Insert(rules, pos-1, NormalizeRule(rest))
+		default:
+			return fail(syscall.EINVAL)
+		}
+	}
+	if work != nil {
+		return fmt.Errorf("iptables-restore: table %s without COMMIT: %w", table, syscall.EINVAL)
 	}
 	return nil
 }

@@ -366,66 +366,71 @@ func (n *netfilter) syncFull(ctx context.Context, effective map[types.Namespaced
 }
 
 // ensureRules makes kipvs's chains hold exactly their rules and the builtin
-// chains hold the jumps, reading each table once. Chains already right are
-// not written; a chain that differs is flushed and refilled (a few rules).
+// chains hold the jumps. Each table is read once (iptables-save); a table
+// already right is not written; otherwise one iptables-restore --noflush per
+// table declares (creates or flushes) and refills only the chains that differ
+// and inserts only the missing jumps, so foreign chains and the foreign rules
+// of builtin chains are never touched. RuleWrites counts the lines written.
 func ensureRules(ctx context.Context, ipt Iptables, rs RuleSet, res *NetfilterResult) error {
-	saved := map[string]map[string][]string{}
-	for _, table := range []string{"nat", "filter"} {
-		t, err := ipt.Save(ctx, table)
+	for _, table := range rs.Tables() {
+		saved, err := ipt.Save(ctx, table)
 		if err != nil {
 			return fmt.Errorf("reading iptables table %s: %w", table, err)
 		}
-		saved[table] = t
-	}
-	write := func(err error) error {
-		if err != nil {
+		text, lines := restoreText(table, saved, rs)
+		if lines == 0 {
+			continue
+		}
+		klog.FromContext(ctx).V(2).Info("Restoring iptables table", "table", table, "lines", lines)
+		klog.FromContext(ctx).V(5).Info("Restoring iptables table", "table", table, "text", text)
+		if err := ipt.Restore(ctx, text); err != nil {
 			res.Failed++
-			return err
+			return fmt.Errorf("writing iptables table %s: %w", table, err)
 		}
-		res.RuleWrites++
-		return nil
+		res.RuleWrites += lines
 	}
-	// Create every chain first: rules jump between them.
+	return nil
+}
+
+// restoreText returns the iptables-restore --noflush input that brings the
+// saved table to rs, and the number of chain and rule lines in it (0: the
+// table is right, nothing to write). Jumps are inserted at the top in reverse
+// so that they keep their order.
+func restoreText(table string, saved map[string][]string, rs RuleSet) (string, int) {
+	var chains, rules []string
 	for _, c := range rs.Chains {
-		if _, ok := saved[c.Table][c.Name]; !ok {
-			if err := write(ipt.NewChain(ctx, c.Table, c.Name)); err != nil {
-				return err
-			}
-			saved[c.Table][c.Name] = []string{}
+		if c.Table != table {
+			continue
 		}
-	}
-	for _, c := range rs.Chains {
 		want := make([]string, len(c.Rules))
 		for i, r := range c.Rules {
 			want[i] = NormalizeRule(strings.Join(r, " "))
 		}
-		have := saved[c.Table][c.Name]
-		if slices.Equal(have, want) {
+		if have, ok := saved[c.Name]; ok && slices.Equal(have, want) {
 			continue
 		}
-		klog.FromContext(ctx).V(2).Info("Rewriting iptables chain", "table", c.Table, "chain", c.Name, "have", have, "want", want)
-		if len(have) > 0 {
-			if err := write(ipt.FlushChain(ctx, c.Table, c.Name)); err != nil {
-				return err
-			}
-		}
+		chains = append(chains, ":"+c.Name+" - [0:0]")
 		for _, r := range c.Rules {
-			if err := write(ipt.Append(ctx, c.Table, c.Name, r)); err != nil {
-				return err
-			}
+			rules = append(rules, "-A "+c.Name+" "+RestoreRule(r))
 		}
 	}
-	// Jumps go on top, inserted in reverse so that they keep their order.
 	for i := len(rs.Jumps) - 1; i >= 0; i-- {
 		j := rs.Jumps[i]
-		if slices.Contains(saved[j.Table][j.Chain], NormalizeRule(strings.Join(j.Rule, " "))) {
-			continue
-		}
-		if err := write(ipt.Insert(ctx, j.Table, j.Chain, 1, j.Rule)); err != nil {
-			return err
+		if j.Table == table && !slices.Contains(saved[j.Chain], NormalizeRule(strings.Join(j.Rule, " "))) {
+			rules = append(rules, "-I "+j.Chain+" 1 "+RestoreRule(j.Rule))
 		}
 	}
-	return nil
+	n := len(chains) + len(rules)
+	if n == 0 {
+		return "", 0
+	}
+	var b strings.Builder
+	b.WriteString("*" + table + "\n")
+	for _, l := range append(chains, rules...) {
+		b.WriteString(l + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String(), n
 }
 
 // sortedSetNames returns the names of specs, sorted.

@@ -353,6 +353,20 @@ func BuildRules(rc RuleConfig) RuleSet {
 	}
 }
 
+// Tables returns the tables the rule set uses, in a fixed order (raw, mangle,
+// nat, filter): the order in which a full sync writes them.
+func (rs RuleSet) Tables() []string {
+	var out []string
+	for _, t := range []string{"raw", "mangle", "nat", "filter"} {
+		used := slices.ContainsFunc(rs.Chains, func(c Chain) bool { return c.Table == t }) ||
+			slices.ContainsFunc(rs.Jumps, func(j Jump) bool { return j.Table == t })
+		if used {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // args splits space-separated words and appends them in order.
 func args(parts ...string) []string {
 	var out []string
@@ -366,7 +380,7 @@ func args(parts ...string) []string {
 // tables in the order nat, filter: for golden files and logs.
 func (rs RuleSet) Text() string {
 	var b strings.Builder
-	for _, table := range []string{"nat", "filter"} {
+	for _, table := range rs.Tables() {
 		fmt.Fprintf(&b, "*%s\n", table)
 		for _, c := range rs.Chains {
 			if c.Table == table {
