@@ -29,8 +29,12 @@ type Record struct {
 	Value    float64 `json:"value"`
 	// Capped is set when the measurement hit its cap: Value is then the cap
 	// and is not added to the values.
-	Capped bool   `json:"capped,omitempty"`
-	Note   string `json:"note,omitempty"`
+	Capped bool `json:"capped,omitempty"`
+	// NotMeasured is set when the metric cannot be measured honestly for
+	// this proxy: the measurement exists, with Note saying why, but gets no
+	// value.
+	NotMeasured bool   `json:"notMeasured,omitempty"`
+	Note        string `json:"note,omitempty"`
 	// Info carries facts about the guest (e.g. "kernel": uname -r) instead
 	// of a measurement.
 	Info map[string]string `json:"info,omitempty"`
@@ -111,9 +115,11 @@ func (a *Aggregator) Add(r Record) {
 		a.byKey[k] = m
 		a.order = append(a.order, k)
 	}
-	if r.Capped {
+	switch {
+	case r.NotMeasured:
+	case r.Capped:
 		m.Capped = true
-	} else {
+	default:
 		m.Values = append(m.Values, r.Value)
 	}
 	if r.Note != "" && !strings.Contains(m.Note, r.Note) {

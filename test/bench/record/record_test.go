@@ -84,6 +84,7 @@ func TestAggregator(t *testing.T) {
 		{Scenario: results.ColdStart, Proxy: results.Kipvs, Services: 100, Metric: results.Seconds, Value: 3, Note: "first sync 1s"},
 		{Scenario: results.ColdStart, Proxy: results.KubeProxyIPVS, Services: 100, Metric: results.Seconds, Value: 900, Capped: true},
 		{Scenario: results.ColdStart, Proxy: results.Kipvs, Services: 100, Metric: results.Seconds, Value: 4, Note: "first sync 1s"},
+		{Scenario: results.ColdStart, Proxy: results.KubeProxyIPVS, Services: 100, Metric: results.KernelOps, NotMeasured: true, Note: "not measured"},
 	}
 	for _, r := range recs {
 		a.Add(r)
@@ -95,6 +96,7 @@ func TestAggregator(t *testing.T) {
 		{ID: results.ColdStart, Title: "T cold-start", Description: "D cold-start", Measurements: []results.Measurement{
 			{Proxy: results.Kipvs, Services: 100, EndpointsPerService: 10, Metric: results.Seconds, Values: []float64{2, 3, 4}, Note: "first sync 1s"},
 			{Proxy: results.KubeProxyIPVS, Services: 100, EndpointsPerService: 10, Metric: results.Seconds, Values: []float64{}, Capped: true},
+			{Proxy: results.KubeProxyIPVS, Services: 100, EndpointsPerService: 10, Metric: results.KernelOps, Values: []float64{}, Note: "not measured"},
 		}},
 		{ID: results.OneChange, Title: "T one-change", Description: "D one-change", Measurements: []results.Measurement{
 			{Proxy: results.Kipvs, Services: 100, EndpointsPerService: 10, Metric: results.P50Seconds, Values: []float64{0.5}},
