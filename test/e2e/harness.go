@@ -42,6 +42,11 @@ const (
 // DemoEnv, set to 1 in the guest, makes the in-guest TestDemo run instead of skipping.
 const DemoEnv = "KIPVS_E2E_DEMO"
 
+// OutageEnv sets how long the in-guest TestAPIServerOutage keeps the API
+// server away from kipvs (a Go duration, default 20s; the full form is 60s).
+// TestE2E passes it into the guest.
+const OutageEnv = "KIPVS_E2E_OUTAGE"
+
 // Harness is an API server prepared for kipvs in the test VM: deploy/ applied,
 // kubeconfigs for the guest written, kipvs and the in-guest test binary built.
 type Harness struct {

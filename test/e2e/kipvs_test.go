@@ -195,8 +195,15 @@ type kipvsProcess struct {
 
 // startKipvs starts GuestKipvs with kubeconfig and kipvsArgs.
 func startKipvs(name, kubeconfig string) (*kipvsProcess, error) {
+	return startKipvsWith(name, kubeconfig)
+}
+
+// startKipvsWith is startKipvs with extra flags after kipvsArgs (a repeated
+// flag's last value wins, so "-v=6" overrides the default verbosity).
+func startKipvsWith(name, kubeconfig string, extra ...string) (*kipvsProcess, error) {
 	p := &kipvsProcess{name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(GuestKipvs, append([]string{"--kubeconfig", kubeconfig}, kipvsArgs()...)...)
+	args := append([]string{"--kubeconfig", kubeconfig}, kipvsArgs()...)
+	p.cmd = exec.Command(GuestKipvs, append(args, extra...)...)
 	r, w := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = w, w
 	if err := p.cmd.Start(); err != nil {
@@ -269,5 +276,44 @@ func requireKipvs(t *testing.T) {
 	}
 	if done, err := proxy.Exited(); done {
 		t.Fatalf("kipvs exited: %v", err)
+	}
+}
+
+// Kill sends SIGKILL and waits for kipvs to end; the kernel keeps whatever
+// kipvs programmed.
+func (p *kipvsProcess) Kill() error {
+	if done, err := p.Exited(); done {
+		return fmt.Errorf("%s had already exited: %v", p.name, err)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		return err
+	}
+	<-p.done
+	return nil
+}
+
+// stopSharedKipvs stops the shared kipvs for the rest of t (a test that runs
+// its own kipvs) and starts a fresh one with the default flags when t ends.
+// The test must stop its own kipvs before then: two would fight over the
+// kernel and the ports.
+func stopSharedKipvs(t *testing.T) {
+	t.Helper()
+	requireKipvs(t)
+	shared := proxy
+	proxy = nil
+	t.Cleanup(func() {
+		p, err := startKipvs("kipvs", GuestKipvsKubeconfig)
+		if err != nil {
+			t.Fatalf("restart the shared kipvs: %v", err)
+		}
+		proxy = p
+		ctx, cancel := context.WithTimeout(context.Background(), converge)
+		defer cancel()
+		if err := waitKipvsReady(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := shared.Stop(); err != nil {
+		t.Fatalf("stop the shared kipvs: %v", err)
 	}
 }
