@@ -98,7 +98,7 @@ func TestRestartUnderLoad(t *testing.T) {
 	time.Sleep(2 * time.Second)
 
 	var ready []time.Duration
-	var drainLeft []float64
+	var drainLeft []int
 	for i := range restarts {
 		sig := "SIGKILL"
 		var err error
@@ -126,7 +126,7 @@ func TestRestartUnderLoad(t *testing.T) {
 			t.Fatalf("held connection to draining web-3 after restart %d: reply %q, %v", i+1, reply, err)
 		}
 		left := drainSecondsLeft(t, e.ns+"/steady", cluster, e.ns+"/web-3")
-		drainLeft = append(drainLeft, left)
+		drainLeft = append(drainLeft, int(left))
 		ok, fail, _ := load.counts()
 		t.Logf("restart %d (%s): ready %s after the signal; web-3 drains, %.0fs left in /status; load %d ok, %d failed",
 			i+1, sig, d.Round(time.Millisecond), left, ok, fail)
@@ -154,7 +154,7 @@ func TestRestartUnderLoad(t *testing.T) {
 	for _, c := range long {
 		c.conn.Close()
 	}
-	bound := time.Duration(drainLeft[len(drainLeft)-1]*float64(time.Second)) + syncPeriod + 15*time.Second
+	bound := time.Duration(drainLeft[len(drainLeft)-1]+1)*time.Second + syncPeriod + 15*time.Second
 	waitForWithin(t, bound, "web-3 to be deleted at its drain deadline", func() error {
 		if err := drainingIn(t, cluster, web3); errors.Is(err, errNotDraining) {
 			return nil
