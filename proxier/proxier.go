@@ -260,7 +260,6 @@ func (p *Proxier) prepareFull(ctx context.Context, snap *endpoints.Snapshot) (Sc
 		return Scope{}, 0, err
 	}
 	p.observed.SetDump(dump, bound)
-	p.adoptNodePorts(ctx)
 	p.raw = make(map[types.NamespacedName]*ServiceModel, len(snap.Services))
 	p.claims = make(claims, len(snap.Services))
 	for name, svc := range snap.Services {
@@ -283,6 +282,7 @@ func (p *Proxier) prepareFull(ctx context.Context, snap *endpoints.Snapshot) (Sc
 	for k := range p.desired.VirtualServers {
 		p.observed.Owned[k] = struct{}{}
 	}
+	p.adoptNodePorts(ctx)
 	return Scope{Full: true}, len(p.raw), nil
 }
 
@@ -500,6 +500,6 @@ func (p *Proxier) adoptNodePorts(ctx context.Context) {
 		})
 	}
 	if adopted := p.observed.AdoptNodePorts(p.node.LocalAddrs, marks); len(adopted) > 0 {
-		logger.V(2).Info("Recognised kipvs's NodePort virtual servers from its ipsets", "virtualServers", adopted)
+		logger.V(2).Info("Unwanted NodePort virtual servers recognised as kipvs's from its ipsets", "virtualServers", adopted)
 	}
 }
