@@ -155,10 +155,10 @@ func ratio(a, b *results.Measurement, capSeconds float64) string {
 	if a == nil || b == nil {
 		return "–"
 	}
-	time := info(a.Metric).Time
+	isTime := info(a.Metric).Time
 	sa, sb := Summarize(*a), Summarize(*b)
 	switch {
-	case sa.Capped && sb.Capped, (sa.Capped || sb.Capped) && (!time || capSeconds <= 0):
+	case sa.Capped && sb.Capped, (sa.Capped || sb.Capped) && (!isTime || capSeconds <= 0):
 		return "–"
 	case sa.Capped:
 		if sb.N == 0 || sb.Median == 0 {

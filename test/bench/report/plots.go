@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -83,7 +82,7 @@ type series struct {
 // show (zero or negative) are left out.
 func plotSeries(f *results.File, sc *results.Scenario, spec PlotSpec) []series {
 	t := newTable(sc, spec.Metric)
-	time := info(spec.Metric).Time
+	isTime := info(spec.Metric).Time
 	var out []series
 	for _, p := range t.Proxies {
 		s := series{Proxy: p}
@@ -95,7 +94,7 @@ func plotSeries(f *results.File, sc *results.Scenario, spec PlotSpec) []series {
 			st := Summarize(*m)
 			x := float64(sk.Services)
 			switch {
-			case st.Capped && time && f.CapSeconds > 0:
+			case st.Capped && isTime && f.CapSeconds > 0:
 				s.Capped = append(s.Capped, plotter.XY{X: x, Y: f.CapSeconds * spec.YScale})
 			case st.Capped || st.N == 0 || spec.LogY && st.Min <= 0:
 				continue
@@ -201,5 +200,5 @@ func WritePlots(f *results.File, dir string) ([]string, error) {
 		}
 		written = append(written, path)
 	}
-	return slices.Clip(written), nil
+	return written, nil
 }

@@ -106,9 +106,6 @@ func (o operand) format(metric string, capSeconds float64) string {
 func ratioPart(what, metric string, a, b operand, limit, capSeconds float64) part {
 	va, hasA, capA := a.median()
 	vb, hasB, capB := b.median()
-	if !capA {
-		hasA = hasA && va >= 0
-	}
 	switch {
 	case a.m == nil && !a.ok || b.m == nil && !b.ok:
 		var missing []string
@@ -119,7 +116,7 @@ func ratioPart(what, metric string, a, b operand, limit, capSeconds float64) par
 			missing = append(missing, b.name)
 		}
 		return part{NotMeasured, fmt.Sprintf("%s: no figure for %s", what, strings.Join(missing, " or "))}
-	case !capA && !hasA || !capB && (!hasB || vb <= 0):
+	case !capA && (!hasA || va < 0) || !capB && (!hasB || vb <= 0):
 		return part{NotMeasured, fmt.Sprintf("%s: %s %s, %s %s: no usable value", what,
 			a.name, a.format(metric, capSeconds), b.name, b.format(metric, capSeconds))}
 	}
