@@ -140,7 +140,7 @@ func formatCell(m *results.Measurement, capSeconds float64) string {
 	case s.Capped:
 		return "≥ " + mi.Format(s.Median) + " (capped)"
 	case s.N == 0:
-		return "no value"
+		return "not measured"
 	case s.N == 1 || s.Min == s.Max:
 		return mi.Format(s.Median)
 	default:

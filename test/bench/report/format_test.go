@@ -72,7 +72,7 @@ func TestFormatCell(t *testing.T) {
 		{"capped time", ptr(capped(meas(results.Kipvs, results.Seconds, 10, 900))), "> cap (15.0 min)"},
 		{"capped time without values", ptr(capped(meas(results.Kipvs, results.P99Seconds, 10))), "> cap (15.0 min)"},
 		{"capped count", ptr(capped(meas(results.Kipvs, results.KernelOps, 10, 5000))), "≥ 5,000 (capped)"},
-		{"no values", ptr(meas(results.Kipvs, results.KernelOps, 10)), "no value"},
+		{"no values: not measured (the note says why)", ptr(meas(results.Kipvs, results.KernelOps, 10)), "not measured"},
 		{"bytes", ptr(meas(results.Kipvs, results.PeakRSSBytes, 10, 60*MiB)), "60.0 MiB"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
