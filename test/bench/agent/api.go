@@ -108,13 +108,11 @@ const (
 	probeSinkName = "sink"
 )
 
-// createProbe creates (or replaces) the probe Service with pod as its only
-// endpoint and returns its ClusterIP.
+// createProbe creates the probe Service (or reuses the one an earlier VM
+// created) and points its EndpointSlice at pod; it returns the ClusterIP.
 func (a *api) createProbe(ctx context.Context, pod netip.Addr) (netip.Addr, error) {
 	svcs := a.cs.CoreV1().Services(layout.Namespace)
 	slices := a.cs.DiscoveryV1().EndpointSlices(layout.Namespace)
-	_ = svcs.Delete(ctx, layout.ProbeService, metav1.DeleteOptions{})
-	_ = slices.Delete(ctx, layout.ProbeService+"-1", metav1.DeleteOptions{})
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: layout.Namespace, Name: layout.ProbeService},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
@@ -123,13 +121,24 @@ func (a *api) createProbe(ctx context.Context, pod netip.Addr) (netip.Addr, erro
 		}},
 	}
 	got, err := svcs.Create(ctx, svc, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		got, err = svcs.Get(ctx, layout.ProbeService, metav1.GetOptions{})
+	}
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("create probe Service: %w", err)
+		return netip.Addr{}, fmt.Errorf("probe Service: %w", err)
 	}
 	slice := layout.SliceFor(layout.ProbeService, layout.ProbeService+"-1", probeEchoPort, pod)
 	slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: ptr.To(probeSinkName), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](probeSinkPort)})
-	if _, err := slices.Create(ctx, slice, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return netip.Addr{}, fmt.Errorf("create probe slice: %w", err)
+	_, err = slices.Create(ctx, slice, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		var cur *discoveryv1.EndpointSlice
+		if cur, err = slices.Get(ctx, slice.Name, metav1.GetOptions{}); err == nil {
+			slice.ResourceVersion = cur.ResourceVersion
+			_, err = slices.Update(ctx, slice, metav1.UpdateOptions{})
+		}
+	}
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("probe slice: %w", err)
 	}
 	return netip.ParseAddr(got.Spec.ClusterIP)
 }

@@ -139,7 +139,7 @@ func (b *bench) churnScenario(ctx context.Context) error {
 			if err := b.api.setEndpoints(ctx, i, b.c.eps); err != nil {
 				return err
 			}
-			if _, err := b.waitEndpoints(ctx, vips[i], b.c.eps, b.changeTimeout()); err != nil {
+			if _, _, err := b.waitEndpoints(ctx, vips[i], b.c.eps, b.changeTimeout()); err != nil {
 				return err
 			}
 		}

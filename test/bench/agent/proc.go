@@ -43,18 +43,59 @@ func startProxy(name, bin, logPath string, args ...string) (*proxyProcess, error
 	}
 	p := &proxyProcess{name: name, logPath: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = log, log
+	r, w := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = w, w
 	p.started = time.Now()
 	if err := p.cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		copyLog(name, r, log)
+	}()
 	go func() {
 		p.err = p.cmd.Wait()
+		w.Close()
+		<-copied
 		log.Close()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// consoleLogLines bounds the proxy log lines copied to the console.
+const consoleLogLines = 3000
+
+// copyLog writes every line of the proxy's output to log and copies it to
+// the console, prefixed with the proxy's name, except the per-object lines
+// (one per Service at 10,000 Services) and anything past consoleLogLines.
+func copyLog(name string, r io.Reader, log io.Writer) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	shown := 0
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintln(log, line)
+		if perObject(line) || shown >= consoleLogLines {
+			continue
+		}
+		shown++
+		fmt.Printf("%s| %s\n", name, line)
+	}
+	_, _ = io.Copy(io.Discard, r)
+}
+
+// perObject reports whether a log line is about one Service or endpoint.
+func perObject(line string) bool {
+	for _, s := range []string{"Adding new service port", "Updating existing service port", "service port", "Adding new endpoint",
+		"endpoint", "Endpoint"} {
+		if strings.Contains(line, s) && !strings.Contains(line, "sync") && !strings.Contains(line, "Sync") {
+			return true
+		}
+	}
+	return false
 }
 
 // exited reports whether the process has ended, with its status.
@@ -194,8 +235,19 @@ func sumPrefix(m map[string]float64, prefix string) float64 {
 const kernelOpsPrefix = "kipvs_kernel_operations_total{"
 
 // lastSyncMetric is the end of the last successful sync, in Unix seconds
-// (kube-proxy and kipvs alike).
+// (kube-proxy and kipvs alike; kube-proxy v1.37 labels it by ip_family).
 const lastSyncMetric = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+
+// lastSync returns the latest lastSyncMetric over its series (IP families).
+func lastSync(m map[string]float64) float64 {
+	var v float64
+	for k, x := range m {
+		if k == lastSyncMetric || strings.HasPrefix(k, lastSyncMetric+"{") {
+			v = max(v, x)
+		}
+	}
+	return v
+}
 
 // healthy reports whether /healthz answers 200.
 func healthy(ctx context.Context) bool {
@@ -218,6 +270,6 @@ func syncedSince(ctx context.Context, t time.Time) bool {
 	if err != nil {
 		return false
 	}
-	last := m[lastSyncMetric]
+	last := lastSync(m)
 	return last > 0 && last >= float64(t.UnixNano())/1e9-0.001 && healthy(ctx)
 }

@@ -37,6 +37,7 @@ kipvs_kernel_operations_total{operation="add_real_server",result="succeeded"} 10
 kipvs_kernel_operations_total{operation="add_virtual_server",result="succeeded"} 100
 kipvs_kernel_operations_total{operation="add_virtual_server",result="skipped"} 2
 kubeproxy_sync_proxy_rules_last_timestamp_seconds 1.7639e+09
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv6"} 1.7640e+09
 broken line
 `
 	m, err := parseMetrics(strings.NewReader(text))
@@ -49,7 +50,7 @@ broken line
 	if got := sumSkipped(m); got != 2 {
 		t.Errorf("skipped = %v, want 2", got)
 	}
-	if got := m[lastSyncMetric]; got != 1.7639e9 {
+	if got := lastSync(m); got != 1.7640e9 {
 		t.Errorf("last sync = %v", got)
 	}
 	if got := opsNote(m); got != "add_real_server=1000 add_virtual_server=100; full sync 0.00s" {

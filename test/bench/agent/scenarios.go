@@ -81,8 +81,12 @@ func (b *bench) coldStart(ctx context.Context) bool {
 	elapsed := time.Since(p.started)
 	// The full sync may still be writing what comes after IPVS (ipsets,
 	// iptables); the figures below are taken when it has ended.
-	for !syncedSince(ctx, p.started) && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
+	for last := time.Now(); !syncedSince(ctx, p.started) && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if time.Since(last) > 30*time.Second {
+			m, err := scrape(ctx)
+			logf("waiting for the first sync to end: last sync %v, /healthz 200 %v (%v)", lastSync(m), healthy(ctx), err)
+			last = time.Now()
+		}
 	}
 	synced := time.Since(p.started)
 	logf("cold start: table in %.2fs, first sync ended by %.2fs (%d kernel reads)", elapsed.Seconds(), synced.Seconds(), polls)
@@ -122,18 +126,32 @@ func opsNote(m map[string]float64) string {
 }
 
 // waitEndpoints polls the kernel until the Service at vip has want endpoints.
-func (b *bench) waitEndpoints(ctx context.Context, vip netip.Addr, want int, timeout time.Duration) (time.Time, error) {
+// It returns when the kernel first showed them and when it last did not: the
+// kernel write happened between the two.
+func (b *bench) waitEndpoints(ctx context.Context, vip netip.Addr, want int, timeout time.Duration) (shown, lastMiss time.Time, err error) {
 	deadline := time.Now().Add(timeout)
 	for {
+		t := time.Now()
 		n, err := b.view.endpoints(ctx, vip)
 		now := time.Now()
 		if err == nil && n == want {
-			return now, nil
+			return now, lastMiss, nil
 		}
+		lastMiss = t
 		if now.After(deadline) {
-			return now, fmt.Errorf("%s: %d endpoints after %s, want %d (%v)", vip, n, timeout, want, err)
+			return now, lastMiss, fmt.Errorf("%s: %d endpoints after %s, want %d (%v)", vip, n, timeout, want, err)
 		}
 		time.Sleep(b.view.pollInterval())
+	}
+}
+
+// waitSyncEnd waits (at most 10 s) until the proxy reports a sync that ended
+// at or after t, so that its kernel writes are counted.
+func waitSyncEnd(ctx context.Context, t time.Time) {
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if m, err := scrape(ctx); err == nil && lastSync(m) >= float64(t.UnixNano())/1e9 {
+			return
+		}
 	}
 }
 
@@ -162,17 +180,15 @@ func (b *bench) oneChange(ctx context.Context) error {
 		if err := b.api.setEndpoints(ctx, i, b.c.eps+1); err != nil {
 			return err
 		}
-		shown, err := b.waitEndpoints(ctx, vip, b.c.eps+1, b.changeTimeout())
+		shown, miss, err := b.waitEndpoints(ctx, vip, b.c.eps+1, b.changeTimeout())
 		if err != nil {
 			logf("one change: %v", err)
 			capped = true
 			break
 		}
 		lat = append(lat, shown.Sub(t0).Seconds())
-		// Wait for the sync to end, then count its writes.
-		for end := time.Now().Add(10 * time.Second); !syncedSince(ctx, shown) && time.Now().Before(end); {
-			time.Sleep(50 * time.Millisecond)
-		}
+		// Wait for the sync that wrote it to end, then count its writes.
+		waitSyncEnd(ctx, miss)
 		if b.isKipvs() && before != nil {
 			if after, err := scrape(ctx); err == nil {
 				ops = append(ops, sumPrefix(after, kernelOpsPrefix)-sumPrefix(before, kernelOpsPrefix))
@@ -181,12 +197,12 @@ func (b *bench) oneChange(ctx context.Context) error {
 		if err := b.api.setEndpoints(ctx, i, b.c.eps); err != nil {
 			return err
 		}
-		if _, err := b.waitEndpoints(ctx, vip, b.c.eps, b.changeTimeout()); err != nil {
+		_, miss, err = b.waitEndpoints(ctx, vip, b.c.eps, b.changeTimeout())
+		if err != nil {
 			return err
 		}
-		for end := time.Now().Add(10 * time.Second); !syncedSince(ctx, time.Now().Add(-10*time.Millisecond)) && time.Now().Before(end); {
-			time.Sleep(50 * time.Millisecond)
-		}
+		waitSyncEnd(ctx, miss)
+		logf("one change %d: %.3fs", k, lat[len(lat)-1])
 	}
 	note := fmt.Sprintf("%d changes; API write to kernel, kernel polled every %s", len(lat), b.view.pollInterval())
 	b.emitLatency(results.OneChange, lat, capped, note)
