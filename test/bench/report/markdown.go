@@ -152,14 +152,14 @@ func writeTable(b *strings.Builder, f *results.File, t *table) {
 	}
 	b.WriteString("| " + strings.Join(header, " | ") + " |\n")
 	b.WriteString(strings.Repeat("|---", len(header)) + "|\n")
-	var notes []string
+	var notes noteList
 	for _, s := range t.Scales {
 		row := []string{scaleLabel(s)}
 		for _, p := range t.Proxies {
 			m := t.cell(p, s)
 			row = append(row, formatCell(m, f.CapSeconds))
-			if m != nil && m.Note != "" {
-				notes = append(notes, fmt.Sprintf("%s at %s: %s", p, scaleLabel(s), m.Note))
+			if m != nil {
+				notes.add(m.Note, p, s)
 			}
 		}
 		for _, p := range peers {
@@ -171,10 +171,47 @@ func writeTable(b *strings.Builder, f *results.File, t *table) {
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
 	b.WriteString("\n")
-	for _, n := range notes {
-		b.WriteString("- " + strings.TrimSpace(n) + "\n")
+	notes.write(b)
+}
+
+// noteList gathers a table's measurement notes, each once with the proxies
+// and scales that carry it, so that a note every measurement shares is one line.
+type noteList struct {
+	texts []string
+	// proxies and scales: note -> proxies in order -> their scales.
+	proxies map[string][]string
+	scales  map[string]map[string][]string
+}
+
+// add records that proxy at s carries note.
+func (n *noteList) add(note, proxy string, s Scale) {
+	note = strings.TrimSpace(note)
+	if note == "" {
+		return
 	}
-	if len(notes) > 0 {
+	if n.scales == nil {
+		n.proxies, n.scales = map[string][]string{}, map[string]map[string][]string{}
+	}
+	if n.scales[note] == nil {
+		n.texts = append(n.texts, note)
+		n.scales[note] = map[string][]string{}
+	}
+	if n.scales[note][proxy] == nil {
+		n.proxies[note] = append(n.proxies[note], proxy)
+	}
+	n.scales[note][proxy] = append(n.scales[note][proxy], scaleLabel(s))
+}
+
+// write writes the notes as a list: "- note (kipvs at 100 × 10, 1,000 × 10; ...)".
+func (n *noteList) write(b *strings.Builder) {
+	for _, t := range n.texts {
+		var who []string
+		for _, p := range n.proxies[t] {
+			who = append(who, p+" at "+strings.Join(n.scales[t][p], ", "))
+		}
+		fmt.Fprintf(b, "- %s (%s)\n", escapeCell(t), strings.Join(who, "; "))
+	}
+	if len(n.texts) > 0 {
 		b.WriteString("\n")
 	}
 }
