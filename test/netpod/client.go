@@ -33,7 +33,7 @@ type Conn struct {
 // only the dial, not the Sends.
 func Dial(ctx context.Context, from *Pod, proto string, addr netip.AddrPort) (*Conn, error) {
 	proto = strings.ToLower(proto)
-	if proto != TCP && proto != UDP {
+	if proto != TCP && proto != UDP && proto != SCTP {
 		return nil, fmt.Errorf("unknown protocol %q", proto)
 	}
 	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
@@ -41,6 +41,10 @@ func Dial(ctx context.Context, from *Pod, proto string, addr netip.AddrPort) (*C
 	var c net.Conn
 	dial := func() error {
 		var err error
+		if proto == SCTP {
+			c, err = dialSCTP(ctx, addr)
+			return err
+		}
 		var d net.Dialer
 		c, err = d.DialContext(ctx, proto, addr.String())
 		return err

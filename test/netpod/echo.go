@@ -15,7 +15,8 @@ import (
 )
 
 // Protocol names accepted by ServeEcho, Dial, Ask and AskMany (case does not
-// matter, so Kubernetes' "TCP" and "UDP" work too).
+// matter, so Kubernetes' "TCP" and "UDP" work too); SCTP (sctp.go) too, but
+// ServeEcho starts it only when asked for by name.
 const (
 	TCP = "tcp"
 	UDP = "udp"
@@ -58,6 +59,8 @@ func (p *Pod) serveEcho(port uint16, proto string) (*echoServer, error) {
 			s.ln, err = net.Listen("tcp", addr)
 		case UDP:
 			s.pc, err = net.ListenPacket("udp", addr)
+		case SCTP:
+			s.ln, err = listenSCTP(port)
 		default:
 			err = fmt.Errorf("unknown protocol %q", proto)
 		}

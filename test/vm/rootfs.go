@@ -25,6 +25,9 @@ var guestModules = []string{
 	"ip_set", "ip_set_hash_ip", "ip_set_hash_ipport", "ip_set_hash_ipportip", "ip_set_hash_ipportnet",
 	"ip_set_hash_net", "ip_set_hash_netport", "ip_set_hash_netiface", "ip_set_bitmap_port", "ip_set_bitmap_ip",
 	"veth", "dummy", "bridge", "br_netfilter",
+	// SCTP: the cloud kernel has IPVS's SCTP support (CONFIG_IP_VS_PROTO_SCTP=y) and
+	// conntrack's built in; the SCTP stack itself is a module (CONFIG_IP_SCTP=m).
+	"sctp",
 }
 
 // netModules are loaded only when the run has a NIC.
