@@ -133,12 +133,17 @@ func (b *bench) churnScenario(ctx context.Context) error {
 	b.emitLatency(results.Churn, got, capped, note)
 	emit(b.rec(results.Churn, results.CPUSeconds, after.CPUSeconds-before.CPUSeconds,
 		fmt.Sprintf("proxy CPU over the %.0f s window (writes + drain)", window.Seconds())))
-	// Put the table back as it was for the next scenarios.
+	// Put the table back as it was for the next scenarios: every write
+	// first, then wait for the kernel.
 	for i := range k {
 		if state[i] != b.c.eps {
 			if err := b.api.setEndpoints(ctx, i, b.c.eps); err != nil {
 				return err
 			}
+		}
+	}
+	for i := range k {
+		if state[i] != b.c.eps {
 			if _, _, err := b.waitEndpoints(ctx, vips[i], b.c.eps, b.changeTimeout()); err != nil {
 				return err
 			}

@@ -87,15 +87,10 @@ func copyLog(name string, r io.Reader, log io.Writer) {
 	_, _ = io.Copy(io.Discard, r)
 }
 
-// perObject reports whether a log line is about one Service or endpoint.
+// perObject reports whether a log line is about one Service port (kube-proxy
+// logs one per Service at V(1)); everything else, errors included, is shown.
 func perObject(line string) bool {
-	for _, s := range []string{"Adding new service port", "Updating existing service port", "service port", "Adding new endpoint",
-		"endpoint", "Endpoint"} {
-		if strings.Contains(line, s) && !strings.Contains(line, "sync") && !strings.Contains(line, "Sync") {
-			return true
-		}
-	}
-	return false
+	return strings.Contains(line, "service port") && !strings.Contains(line, "rror")
 }
 
 // exited reports whether the process has ended, with its status.
