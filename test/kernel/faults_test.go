@@ -163,7 +163,11 @@ func flows(t *testing.T, from *netpod.Pod, proto string, to netip.AddrPort, want
 		return nil
 	})
 	if rounds > 1 {
-		t.Logf("%s %s from %v answered by %v in round %d", proto, to, from, want, rounds)
+		src := "the node"
+		if from != nil {
+			src = "pod " + from.Name
+		}
+		t.Logf("%s %s from %s answered by %v in round %d", proto, to, src, want, rounds)
 	}
 }
 
@@ -236,6 +240,7 @@ func (f *faultRig) start(cfg proxier.Config) {
 		p.Run(ctx)
 	}()
 	t.Cleanup(func() { p.stop(t) })
+	f.log.nf = p.LastNetfilterSync
 	f.p = p
 }
 
@@ -369,10 +374,15 @@ func (f *faultRig) phaseFailedOps(rs []proxier.SyncResult) int {
 	return n
 }
 
-// syncLog records every sync's result (a proxier.SyncObserver).
+// syncLog records every sync's result (a proxier.SyncObserver), and with nf
+// set the netfilter counts of each sync.
 type syncLog struct {
+	// nf returns the netfilter counts of the latest sync; set before Run.
+	nf func() proxier.NetfilterResult
+
 	mu      sync.Mutex
 	results []proxier.SyncResult
+	nfs     []proxier.NetfilterResult
 	from    int // index of the first result after the last markNow
 }
 
@@ -381,9 +391,37 @@ func (l *syncLog) SyncQueued(time.Time) {}
 
 // Synced implements proxier.SyncObserver.
 func (l *syncLog) Synced(res proxier.SyncResult, _ *proxier.StatusSnapshot) {
+	var nf proxier.NetfilterResult
+	if l.nf != nil {
+		nf = l.nf() // Synced runs on the sync goroutine, after the netfilter sync
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.results = append(l.results, res)
+	l.nfs = append(l.nfs, nf)
+}
+
+// writesSince sums the IPVS and address writes and the netfilter counts of
+// the syncs that ended after t.
+func (l *syncLog) writesSince(t time.Time) (int, proxier.NetfilterResult) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, nf := 0, proxier.NetfilterResult{}
+	for i, r := range l.results {
+		if !r.Time.Add(r.Duration).After(t) {
+			continue
+		}
+		for _, c := range r.Ops {
+			n += c.Succeeded + c.Failed
+		}
+		x := l.nfs[i]
+		nf.SetsCreated += x.SetsCreated
+		nf.EntriesAdded += x.EntriesAdded
+		nf.EntriesDeleted += x.EntriesDeleted
+		nf.RuleWrites += x.RuleWrites
+		nf.Failed += x.Failed
+	}
+	return n, nf
 }
 
 func (l *syncLog) all() []proxier.SyncResult {
