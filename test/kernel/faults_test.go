@@ -74,7 +74,7 @@ func TestFaultsConverge(t *testing.T) {
 			}
 			f.checkCounted(t, !tc.reads)
 
-			t.Logf("phase 2: every %d. operation fails while Services and endpoints change", tc.every)
+			t.Logf("phase 2: 1 operation in %d fails while Services and endpoints change", tc.every)
 			before := f.failedSyncs()
 			f.resetFaults()
 			f.setEvery(tc.every)
