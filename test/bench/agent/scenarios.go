@@ -92,15 +92,17 @@ func (b *bench) coldStart(ctx context.Context) bool {
 		}
 	}
 	synced := time.Since(p.started)
+	syncNote := fmt.Sprintf("its first sync ended %.1f s after the start", synced.Seconds())
 	if !syncedSince(ctx, p.started) {
 		logf("no sync of %s has ended %.0fs after its start although the table is in the kernel; going on", b.c.proxy, synced.Seconds())
+		syncNote = fmt.Sprintf("no sync had ended %.0f s after the start (kube-proxy's IPVS mode runs one `ipset add` process per ipset entry after the IPVS writes)", synced.Seconds())
 	}
 	logf("cold start: table in %.2fs, first sync ended by %.2fs (%d kernel reads)", elapsed.Seconds(), synced.Seconds(), polls)
 	if !measure {
 		return true
 	}
 	emit(b.rec(results.ColdStart, results.Seconds, elapsed.Seconds(),
-		fmt.Sprintf("kernel polled every max(0.5 s, read time); %d reads", polls)))
+		fmt.Sprintf("kernel polled every max(0.5 s, read time), %d reads; %s", polls, syncNote)))
 	if st, err := p.stats(); err == nil {
 		emit(b.rec(results.ColdStart, results.PeakRSSBytes, st.PeakRSSBytes, "VmHWM after the first full sync (or 2 min after the table)"))
 		emit(b.rec(results.ColdStart, results.CPUSeconds, st.CPUSeconds, "utime+stime until the first full sync ended (or 2 min after the table)"))
