@@ -82,9 +82,15 @@ func RemoveKubeProxyLeftovers(ctx context.Context, k CleanupKernel, report Remov
 // in place: after the first full sync that succeeded (a full sync writes the
 // IPVS table, kipvs's ipsets and its iptables rules, and fails if any of that
 // failed), so that a node never lacks service rules during a takeover. Both
-// use mark bit 0x4000 for masquerading, so their rules agree meanwhile. Give
-// it to Proxier.AddObserver; it runs in the sync goroutine. A failed removal
-// is retried after the next successful full sync.
+// use mark bit 0x4000 for masquerading, so their rules agree meanwhile. The
+// order also keeps conntrack enabled: the kernel registers its hooks in a
+// netns only while some rule needs them (nf_ct_netns_get: MASQUERADE,
+// --ctstate; IPVS itself asks only for FTP services), and removing the last
+// such rule would leave new connections untracked and unmasqueraded. The
+// connections kube-proxy's rules masqueraded keep their conntrack entries and
+// so their source ports: iptables rules only see a connection's first packet.
+// Give it to Proxier.AddObserver; it runs in the sync goroutine. A failed
+// removal is retried after the next successful full sync.
 type Takeover struct {
 	ctx context.Context
 	k   CleanupKernel
