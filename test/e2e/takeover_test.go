@@ -227,8 +227,11 @@ func TestTakeover(t *testing.T) {
 	// set that brings conntrack in (kube-proxy's or kipvs's): its next packet
 	// is picked up mid-stream (nf_conntrack_tcp_loose=1) as a new flow and
 	// masqueraded to a new source port that the backend does not know. A node
-	// where kube-proxy is running has its rules in, so the test waits for them.
-	waitForWithin(t, 2*time.Minute, "kube-proxy to program the Service", func() error {
+	// where kube-proxy is running has its rules in, so the test waits for them
+	// (its first sync, one ipset process per entry, took over 2 minutes on a
+	// loaded machine).
+	kpStarted := time.Now()
+	waitForWithin(t, 5*time.Minute, "kube-proxy to program the Service", func() error {
 		if done, err := kp.Exited(); done {
 			return fmt.Errorf("kube-proxy exited: %v", err)
 		}
@@ -245,6 +248,7 @@ func TestTakeover(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("kube-proxy programmed IPVS and its nat rules %s after it started", time.Since(kpStarted).Round(time.Millisecond))
 	waitAnswering(t, tcp, cluster, "pod-a", "pod-b", "pod-c")
 	waitAnswering(t, tcp, node, "pod-a", "pod-b", "pod-c")
 	before := map[ipvs.VirtualServerKey]ipvs.VirtualServer{}
