@@ -92,7 +92,7 @@ func NetfilterCleaner(nk NetfilterKernel) CleanupKernel {
 }
 
 // cleanupTables are the tables kipvs (and kube-proxy's IPVS mode) write.
-var cleanupTables = []string{"nat", "filter"}
+var cleanupTables = []string{"nat", "filter", "mangle"}
 
 // ReadCleanupState reads what PlanCleanup needs: the IPVS table, the dummy
 // link and its addresses, the node's addresses, the nat and filter tables of

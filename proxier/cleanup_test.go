@@ -106,6 +106,8 @@ var kipvsRuleRemovals = []string{
 	"rule ipv4 filter FORWARD -m comment --comment kipvs-forward -j KIPVS-FORWARD",
 	"rule ipv4 filter INPUT -m comment --comment kipvs-firewall -j KIPVS-FIREWALL",
 	"rule ipv4 filter INPUT -m conntrack --ctstate NEW -m comment --comment kipvs-ipvs-filter -j KIPVS-IPVS-FILTER",
+	"rule ipv4 mangle OUTPUT -m conntrack --ctstate NEW -m comment --comment kipvs-output -j KIPVS-OUTPUT",
+	"rule ipv4 mangle PREROUTING -m conntrack --ctstate NEW -m comment --comment kipvs-prerouting -j KIPVS-PREROUTING",
 	"chain ipv4 nat KIPVS-MARK-MASQ",
 	"chain ipv4 nat KIPVS-NODE-PORT",
 	"chain ipv4 nat KIPVS-POSTROUTING",
@@ -114,12 +116,14 @@ var kipvsRuleRemovals = []string{
 	"chain ipv4 filter KIPVS-FORWARD",
 	"chain ipv4 filter KIPVS-IPVS-FILTER",
 	"chain ipv4 filter KIPVS-SOURCE-RANGES",
+	"chain ipv4 mangle KIPVS-OUTPUT",
+	"chain ipv4 mangle KIPVS-PREROUTING",
 }
 
 var kipvsSetRemovals = []string{
-	"ipset KIPVS-CLUSTER-IP", "ipset KIPVS-EXTERNAL", "ipset KIPVS-EXTERNAL-LOCAL", "ipset KIPVS-LB-FIREWALL",
+	"ipset KIPVS-CLUSTER-IP", "ipset KIPVS-EXTERNAL", "ipset KIPVS-EXTERNAL-LOCAL", "ipset KIPVS-HEALTH-CHECK", "ipset KIPVS-LB-FIREWALL",
 	"ipset KIPVS-LB-SOURCE-CIDR", "ipset KIPVS-LOOP-BACK", "ipset KIPVS-NO-LOCAL", "ipset KIPVS-NODE-PORT-SCTP", "ipset KIPVS-NODE-PORT-TCP",
-	"ipset KIPVS-NODE-PORT-UDP", "ipset KIPVS-VIPS",
+	"ipset KIPVS-NODE-PORT-UDP", "ipset KIPVS-SHORT-CIRCUIT", "ipset KIPVS-VIPS",
 }
 
 func concat(parts ...[]string) []string {

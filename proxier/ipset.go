@@ -45,6 +45,10 @@ type IPSetSpec struct {
 	Type string
 	// IPv6 selects family inet6 for the hash types; bitmap:port has no family.
 	IPv6 bool
+	// Skbinfo creates the set with the skbinfo extension: its entries carry
+	// a packet mark (IPSetEntry.Mark) that `-j SET --map-set S dst,dst
+	// --map-mark` copies to the packets they match.
+	Skbinfo bool
 }
 
 // IPSetEntry is one member of an ipset. Which fields matter depends on the
@@ -57,11 +61,25 @@ type IPSetEntry struct {
 	Port     uint16
 	IP2      netip.Addr
 	Net      netip.Prefix
+	// Mark is the skbinfo mark of an entry in a set with Skbinfo (mask
+	// 0xffffffff: the packet's whole mark is replaced); 0 elsewhere. It is
+	// data, not key: adding an entry with another mark replaces it.
+	Mark uint32
+}
+
+// Key returns the entry without its Mark: what the kernel looks it up by.
+func (e IPSetEntry) Key() IPSetEntry {
+	e.Mark = 0
+	return e
 }
 
 // String renders the entry as the ipset tool does: "10.0.0.1",
-// "10.0.0.1,tcp:80", "10.0.0.1,tcp:80,10.0.0.2", "10.0.0.1,tcp:80,10.0.0.0/8", "30080".
+// "10.0.0.1,tcp:80", "10.0.0.1,tcp:80,10.0.0.2", "10.0.0.1,tcp:80,10.0.0.0/8", "30080",
+// "10.0.0.1,tcp:80 skbmark 0x12342000".
 func (e IPSetEntry) String() string {
+	if e.Mark != 0 {
+		return e.Key().String() + fmt.Sprintf(" skbmark %#x", e.Mark)
+	}
 	if !e.IP.IsValid() {
 		return strconv.Itoa(int(e.Port))
 	}
@@ -81,6 +99,17 @@ func (e IPSetEntry) String() string {
 // ParseIPSetEntry parses String's format.
 func ParseIPSetEntry(s string) (IPSetEntry, error) {
 	var e IPSetEntry
+	if k, m, ok := strings.Cut(s, " skbmark "); ok {
+		mark, err := strconv.ParseUint(m, 0, 32)
+		if err != nil {
+			return e, fmt.Errorf("ipset entry %q: bad skbmark", s)
+		}
+		if e, err = ParseIPSetEntry(k); err != nil {
+			return e, err
+		}
+		e.Mark = uint32(mark)
+		return e, nil
+	}
 	parts := strings.Split(s, ",")
 	if len(parts) == 1 && !strings.ContainsAny(s, ".:") {
 		p, err := strconv.ParseUint(s, 10, 16)
@@ -140,7 +169,10 @@ func compareEntries(a, b IPSetEntry) int {
 	if c := a.Net.Addr().Compare(b.Net.Addr()); c != 0 {
 		return c
 	}
-	return cmp.Compare(a.Net.Bits(), b.Net.Bits())
+	if c := cmp.Compare(a.Net.Bits(), b.Net.Bits()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Mark, b.Mark)
 }
 
 // Ipset is kipvs's boundary to the kernel's ipsets. Every call is one netlink
@@ -178,6 +210,7 @@ func (*NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
 	if spec.Type == SetTypeBitmapPort {
 		opts = netlink.IpsetCreateOptions{PortFrom: bitmapPortFrom, PortTo: bitmapPortTo}
 	}
+	opts.Skbinfo = spec.Skbinfo
 	if err := netlink.IpsetCreate(spec.Name, spec.Type, opts); err != nil {
 		return fmt.Errorf("creating ipset %s (%s): %w", spec.Name, spec.Type, ipsetError(err))
 	}
@@ -188,6 +221,9 @@ func (*NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
 func (*NetlinkIpset) List(ctx context.Context, name string) (string, []IPSetEntry, error) {
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
+	}
+	if skbinfoSet(name) {
+		return listSkbinfo(name)
 	}
 	res, err := netlink.IpsetList(name)
 	if err != nil {
@@ -210,9 +246,12 @@ func (*NetlinkIpset) Add(ctx context.Context, set string, e IPSetEntry) error {
 		return err
 	}
 	var err error
-	if !e.IP.IsValid() {
+	switch {
+	case e.Mark != 0:
+		err = addSkbmark(set, e)
+	case !e.IP.IsValid():
 		err = bitmapPortAddDel(nl.IPSET_CMD_ADD, set, e.Port)
-	} else {
+	default:
 		ne := entryToNetlink(e)
 		ne.Replace = true // no NLM_F_EXCL: an existing entry is not an error
 		err = netlink.IpsetAdd(set, ne)

@@ -15,7 +15,8 @@ import (
 //	KIPVS-CLUSTER-IP hash:ip,port
 //	  10.96.0.10,tcp:80
 //
-// (" inet6" follows the type of an IPv6 hash set). Create, and Add and Del
+// (" inet6" follows the type of an IPv6 hash set, " skbinfo" that of a set
+// whose entries carry marks, shown as " skbmark 0x..."). Create, and Add and Del
 // that change something, count in Writes; List counts in Reads.
 type FakeIpset struct {
 	mu     sync.Mutex
@@ -57,11 +58,21 @@ func NewFakeIpsetFromText(text string) (*FakeIpset, error) {
 			continue
 		}
 		fields := strings.Fields(line)
-		if len(fields) < 2 || len(fields) > 3 || (len(fields) == 3 && fields[2] != "inet6") {
-			return nil, fmt.Errorf("line %d: want \"NAME TYPE [inet6]\", got %q", i+1, line)
+		if len(fields) < 2 {
+			return nil, fmt.Errorf("line %d: want \"NAME TYPE [inet6] [skbinfo]\", got %q", i+1, line)
 		}
-		cur = &fakeSet{spec: IPSetSpec{Name: fields[0], Type: fields[1], IPv6: len(fields) == 3},
-			entries: map[IPSetEntry]struct{}{}}
+		spec := IPSetSpec{Name: fields[0], Type: fields[1]}
+		for _, opt := range fields[2:] {
+			switch opt {
+			case "inet6":
+				spec.IPv6 = true
+			case "skbinfo":
+				spec.Skbinfo = true
+			default:
+				return nil, fmt.Errorf("line %d: want \"NAME TYPE [inet6] [skbinfo]\", got %q", i+1, line)
+			}
+		}
+		cur = &fakeSet{spec: spec, entries: map[IPSetEntry]struct{}{}}
 		f.sets[cur.spec.Name] = cur
 	}
 	return f, nil
@@ -82,6 +93,9 @@ func (f *FakeIpset) DumpText() string {
 		b.WriteString(n + " " + s.spec.Type)
 		if s.spec.IPv6 {
 			b.WriteString(" inet6")
+		}
+		if s.spec.Skbinfo {
+			b.WriteString(" skbinfo")
 		}
 		b.WriteString("\n")
 		for _, e := range sortedEntries(s.entries) {
@@ -200,6 +214,20 @@ func (f *FakeIpset) change(set string, e IPSetEntry, add bool) error {
 	if !fitsSet(s.spec, e) {
 		return fmt.Errorf(verb, e, set, syscall.EINVAL)
 	}
+	if s.spec.Skbinfo {
+		// The mark is data: the kernel finds the entry by its key, an add
+		// replaces the mark and a delete removes whatever mark it has.
+		for cur := range s.entries {
+			if cur.Key() == e.Key() && cur != e {
+				delete(s.entries, cur)
+				if add {
+					s.entries[e] = struct{}{}
+				}
+				f.writes++
+				return nil
+			}
+		}
+	}
 	_, have := s.entries[e]
 	switch {
 	case add && !have:
@@ -214,6 +242,10 @@ func (f *FakeIpset) change(set string, e IPSetEntry, add bool) error {
 
 // fitsSet reports whether e has exactly the fields of spec's type and family.
 func fitsSet(spec IPSetSpec, e IPSetEntry) bool {
+	if e.Mark != 0 && !spec.Skbinfo {
+		return false
+	}
+	e.Mark = 0
 	if spec.Type == SetTypeBitmapPort {
 		return e == IPSetEntry{Port: e.Port}
 	}

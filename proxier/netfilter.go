@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"strings"
@@ -22,6 +23,10 @@ type NetfilterKernel struct {
 	Sysctl     Sysctl
 	Ipset      Ipset
 	IPv4, IPv6 Iptables
+	// Fwmark manages the firewall-mark virtual servers that short-circuit
+	// in-cluster traffic to externalTrafficPolicy=Local addresses (#115931);
+	// nil leaves such traffic to the local endpoints only.
+	Fwmark FwmarkIPVS
 	// KernelRelease returns `uname -r` (default: uname(2)); NumCPU the CPU
 	// count for conntrack sizing (default: runtime.NumCPU).
 	KernelRelease func() (string, error)
@@ -43,6 +48,11 @@ func NewNetfilterKernel(ctx context.Context) (NetfilterKernel, string, error) {
 	}
 	k := NetfilterKernel{Sysctl: NewProcSysctl(), Ipset: NewNetlinkIpset(), IPv4: v4}
 	msg := fmt.Sprintf("iptables backend %s: %s", mode, reason)
+	if fw, err := NewMobyFwmarkIPVS(); err == nil {
+		k.Fwmark = fw
+	} else {
+		msg += fmt.Sprintf("; in-cluster traffic to externalTrafficPolicy=Local addresses is not short-circuited: %v", err)
+	}
 	if v6, err := NewGoIptables(mode, true); err == nil {
 		k.IPv6 = v6
 	} else {
@@ -67,11 +77,13 @@ type NetfilterResult struct {
 	// succeeded; RuleWrites the iptables writes (chains created, flushed,
 	// rules appended or inserted); Failed the writes that failed.
 	SetsCreated, EntriesAdded, EntriesDeleted, RuleWrites, Failed int
+	// FwmarkWrites counts writes to fwmark virtual servers and their real servers.
+	FwmarkWrites int
 }
 
 // Writes is the number of writes tried.
 func (r NetfilterResult) Writes() int {
-	return r.SetsCreated + r.EntriesAdded + r.EntriesDeleted + r.RuleWrites + r.Failed
+	return r.SetsCreated + r.EntriesAdded + r.EntriesDeleted + r.RuleWrites + r.FwmarkWrites + r.Failed
 }
 
 // netfilter keeps kipvs's ipsets and iptables rules in line with the model.
@@ -83,12 +95,18 @@ type netfilter struct {
 	specs    map[string]IPSetSpec
 	nodeName string
 
-	perSvc   map[types.NamespacedName][]SetMember
-	desired  map[string]map[IPSetEntry]int
-	observed map[string]map[IPSetEntry]struct{}
-	dirty    map[types.NamespacedName]struct{}
-	needFull bool
-	last     NetfilterResult
+	perSvc map[types.NamespacedName][]SetMember
+	// fwPerSvc are the fwmark virtual servers each Service wants, markOwner
+	// the Service that owns each short-circuit mark, fwObserved the kernel's
+	// fwmark servers as last read or written.
+	fwPerSvc   map[types.NamespacedName][]FwmarkServer
+	markOwner  map[uint32]types.NamespacedName
+	fwObserved map[fwmarkKey]FwmarkServer
+	desired    map[string]map[IPSetEntry]int
+	observed   map[string]map[IPSetEntry]struct{}
+	dirty      map[types.NamespacedName]struct{}
+	needFull   bool
+	last       NetfilterResult
 }
 
 // UseNetfilter makes the Proxier manage kernel settings (in Setup), ipsets and
@@ -97,6 +115,7 @@ func (p *Proxier) UseNetfilter(k NetfilterKernel) {
 	n := &netfilter{
 		k: k, rules: map[bool]RuleSet{}, specs: map[string]IPSetSpec{}, nodeName: p.cfg.NodeName,
 		perSvc: map[types.NamespacedName][]SetMember{}, desired: map[string]map[IPSetEntry]int{},
+		fwPerSvc: map[types.NamespacedName][]FwmarkServer{}, markOwner: map[uint32]types.NamespacedName{},
 		observed: map[string]map[IPSetEntry]struct{}{}, dirty: map[types.NamespacedName]struct{}{}, needFull: true,
 	}
 	if n.k.KernelRelease == nil {
@@ -213,7 +232,7 @@ func (n *netfilter) sync(ctx context.Context, full bool, effective map[types.Nam
 	clear(n.dirty)
 	n.needFull = err != nil
 	klog.FromContext(ctx).V(2).Info("Synced netfilter", "full", full, "entriesAdded", res.EntriesAdded,
-		"entriesDeleted", res.EntriesDeleted, "setsCreated", res.SetsCreated, "ruleWrites", res.RuleWrites,
+		"entriesDeleted", res.EntriesDeleted, "setsCreated", res.SetsCreated, "ruleWrites", res.RuleWrites, "fwmarkWrites", res.FwmarkWrites,
 		"failed", res.Failed, "err", err)
 	return res, err
 }
@@ -223,7 +242,8 @@ func (n *netfilter) wanted(m SetMember) bool { return slices.Contains(n.families
 
 // setService replaces one Service's members in desired and returns the
 // members whose count crossed zero.
-func (n *netfilter) setService(name types.NamespacedName, members []SetMember, touched map[SetMember]struct{}) {
+func (n *netfilter) setService(ctx context.Context, name types.NamespacedName, members []SetMember, fws []FwmarkServer, touched map[SetMember]struct{}) {
+	members, fws = n.ownMarks(ctx, name, members, fws)
 	for _, m := range n.perSvc[name] {
 		set := n.desired[m.SetName()]
 		if set[m.Entry]--; set[m.Entry] <= 0 {
@@ -255,12 +275,50 @@ func (n *netfilter) setService(name types.NamespacedName, members []SetMember, t
 	n.perSvc[name] = kept
 }
 
+// ownMarks releases the short-circuit marks name held and claims those it
+// wants now; members and servers whose mark another Service owns (a hash
+// collision) are dropped and logged: that port is not short-circuited.
+func (n *netfilter) ownMarks(ctx context.Context, name types.NamespacedName, members []SetMember, fws []FwmarkServer) ([]SetMember, []FwmarkServer) {
+	for _, f := range n.fwPerSvc[name] {
+		if n.markOwner[f.Mark] == name {
+			delete(n.markOwner, f.Mark)
+		}
+	}
+	delete(n.fwPerSvc, name)
+	taken := func(mark uint32) bool {
+		owner, ok := n.markOwner[mark]
+		return ok && owner != name
+	}
+	keptFws := fws[:0]
+	for _, f := range fws {
+		if taken(f.Mark) {
+			klog.FromContext(ctx).Error(nil, "Short-circuit mark already used by another Service; this port's in-cluster traffic keeps to local endpoints",
+				"service", name, "mark", fmt.Sprintf("%#x", f.Mark), "owner", n.markOwner[f.Mark])
+			continue
+		}
+		n.markOwner[f.Mark] = name
+		keptFws = append(keptFws, f)
+	}
+	if len(keptFws) > 0 {
+		n.fwPerSvc[name] = keptFws
+	}
+	keptMembers := members[:0]
+	for _, m := range members {
+		if m.Set == SetShortCircuit && (n.k.Fwmark == nil || n.markOwner[m.Entry.Mark] != name) {
+			continue
+		}
+		keptMembers = append(keptMembers, m)
+	}
+	return keptMembers, keptFws
+}
+
 // syncIncremental rebuilds the dirty Services' members and writes the entries
 // whose wanted state differs from the cache.
 func (n *netfilter) syncIncremental(ctx context.Context, effective map[types.NamespacedName]*ServiceModel, snap *endpoints.Snapshot, res *NetfilterResult, errp *error) {
 	touched := map[SetMember]struct{}{}
 	for name := range n.dirty {
-		n.setService(name, BuildNetfilterService(effective[name], snap.Services[name], snap.Endpoints, n.nodeName), touched)
+		sm, svc := effective[name], snap.Services[name]
+		n.setService(ctx, name, BuildNetfilterService(sm, svc, snap.Endpoints, n.nodeName), BuildFwmarkServers(sm, svc), touched)
 	}
 	ms := make([]SetMember, 0, len(touched))
 	for m := range touched {
@@ -276,11 +334,20 @@ func (n *netfilter) syncIncremental(ctx context.Context, effective map[types.Nam
 			errs = n.writeEntry(ctx, name, m.Entry, want, res, errs)
 		}
 	}
+	if err := n.syncFwmark(ctx, false, res); err != nil {
+		errs = append(errs, err)
+	}
 	*errp = joinCapped(errs)
 }
 
 // writeEntry adds or deletes one entry and records the outcome in the cache.
 func (n *netfilter) writeEntry(ctx context.Context, set string, e IPSetEntry, add bool, res *NetfilterResult, errs []error) []error {
+	if !add && e.Mark != 0 && n.keyWanted(set, e) {
+		// The kernel keys the entry without its mark: deleting the old
+		// mark would delete the new one that replaced it.
+		delete(n.observed[set], e)
+		return errs
+	}
 	var err error
 	if add {
 		err = n.k.Ipset.Add(ctx, set, e)
@@ -307,13 +374,28 @@ func (n *netfilter) writeEntry(ctx context.Context, set string, e IPSetEntry, ad
 	return errs
 }
 
+// keyWanted reports whether set should hold an entry with e's key but
+// another mark.
+func (n *netfilter) keyWanted(set string, e IPSetEntry) bool {
+	for w := range n.desired[set] {
+		if w.Key() == e.Key() && w != e {
+			return true
+		}
+	}
+	return false
+}
+
 // syncFull rebuilds every Service's members, reads every set once, writes the
 // difference and ensures the iptables rules.
 func (n *netfilter) syncFull(ctx context.Context, effective map[types.NamespacedName]*ServiceModel, snap *endpoints.Snapshot, res *NetfilterResult) error {
 	clear(n.perSvc)
 	clear(n.desired)
-	for name, sm := range effective {
-		n.setService(name, BuildNetfilterService(sm, snap.Services[name], snap.Endpoints, n.nodeName), nil)
+	clear(n.fwPerSvc)
+	clear(n.markOwner)
+	// In name order, so that a mark collision is resolved the same way each time.
+	for _, name := range slices.SortedFunc(maps.Keys(effective), compareNames) {
+		sm, svc := effective[name], snap.Services[name]
+		n.setService(ctx, name, BuildNetfilterService(sm, svc, snap.Endpoints, n.nodeName), BuildFwmarkServers(sm, svc), nil)
 	}
 	var errs []error
 	for _, name := range sortedSetNames(n.specs) {
@@ -361,6 +443,9 @@ func (n *netfilter) syncFull(ctx context.Context, effective map[types.Namespaced
 		if err := ensureRules(ctx, n.iptables(v6), n.rules[v6], res); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := n.syncFwmark(ctx, true, res); err != nil {
+		errs = append(errs, err)
 	}
 	return joinCapped(errs)
 }

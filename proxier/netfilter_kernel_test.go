@@ -258,6 +258,37 @@ func TestIPSetEntryRoundTrip(t *testing.T) {
 	if _, err := ParseIPSetEntry("10.0.0.1,icmp:0"); err == nil {
 		t.Error("unknown protocol parsed")
 	}
+	marked := "198.51.100.1,tcp:80 skbmark 0x12342000"
+	if e, err := ParseIPSetEntry(marked); err != nil || e.String() != marked || e.Mark != 0x12342000 || e.Key().Mark != 0 {
+		t.Errorf("ParseIPSetEntry(%q) = %+v, %v", marked, e, err)
+	}
+}
+
+// TestFakeIpsetSkbinfo: in a set with skbinfo the mark is data, as in the
+// kernel: adding the key with another mark replaces the entry, deleting the
+// key removes it whatever its mark; sets without skbinfo refuse marks.
+func TestFakeIpsetSkbinfo(t *testing.T) {
+	f, err := NewFakeIpsetFromText("KIPVS-SHORT-CIRCUIT hash:ip,port skbinfo\n  198.51.100.1,tcp:80 skbmark 0x2000\nKIPVS-EXTERNAL hash:ip,port\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	e, _ := ParseIPSetEntry("198.51.100.1,tcp:80 skbmark 0x12342000")
+	if err := f.Add(ctx, "KIPVS-SHORT-CIRCUIT", e); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Entries("KIPVS-SHORT-CIRCUIT"); len(got) != 1 || got[0] != e.String() {
+		t.Errorf("after replacing the mark: %v, want [%s]", got, e)
+	}
+	if err := f.Del(ctx, "KIPVS-SHORT-CIRCUIT", e.Key()); err != nil || len(f.Entries("KIPVS-SHORT-CIRCUIT")) != 0 {
+		t.Errorf("delete by key: %v, left %v", err, f.Entries("KIPVS-SHORT-CIRCUIT"))
+	}
+	if err := f.Add(ctx, "KIPVS-EXTERNAL", e); err == nil {
+		t.Errorf("a marked entry was added to a set without skbinfo")
+	}
+	if want := "KIPVS-EXTERNAL hash:ip,port\nKIPVS-SHORT-CIRCUIT hash:ip,port skbinfo\n"; f.DumpText() != want {
+		t.Errorf("DumpText:\n%s\nwant\n%s", f.DumpText(), want)
+	}
 }
 
 func TestFakeIpset(t *testing.T) {

@@ -45,22 +45,39 @@ const (
 	SetNodePortTCP
 	SetNodePortUDP
 	SetNodePortSCTP
+	// SetHealthCheck holds loadBalancerIP,tcp:healthCheckNodePort of every
+	// LoadBalancer Service with a health check: cloud load balancers probe
+	// the LB IP itself on that port (kube-proxy #79783, #117723), which the
+	// VIP filter (#72236) must let through to the health check server.
+	SetHealthCheck
+	// SetShortCircuit holds externalIP/loadBalancerIP/node IP,proto:port of
+	// every virtual server with externalTrafficPolicy Local, each with the
+	// firewall mark (skbinfo) of its Service port's fwmark virtual server,
+	// which holds the cluster's endpoints: traffic from pods and from the
+	// node itself is marked and so balanced over every endpoint, as
+	// kube-proxy's iptables and nftables modes do (#115931).
+	SetShortCircuit
 	numSets
 )
 
 // setDefs are the sets' name suffixes and types.
-var setDefs = [numSets]struct{ suffix, typ string }{
-	SetClusterIP:     {"CLUSTER-IP", SetTypeHashIPPort},
-	SetExternal:      {"EXTERNAL", SetTypeHashIPPort},
-	SetExternalLocal: {"EXTERNAL-LOCAL", SetTypeHashIPPort},
-	SetLBFirewall:    {"LB-FIREWALL", SetTypeHashIPPort},
-	SetLBSourceCIDR:  {"LB-SOURCE-CIDR", SetTypeHashIPPortNet},
-	SetLoopBack:      {"LOOP-BACK", SetTypeHashIPPortIP},
-	SetVIPs:          {"VIPS", SetTypeHashIP},
-	SetNoLocal:       {"NO-LOCAL", SetTypeHashIPPort},
-	SetNodePortTCP:   {"NODE-PORT-TCP", SetTypeBitmapPort},
-	SetNodePortUDP:   {"NODE-PORT-UDP", SetTypeBitmapPort},
-	SetNodePortSCTP:  {"NODE-PORT-SCTP", SetTypeBitmapPort},
+var setDefs = [numSets]struct {
+	suffix, typ string
+	skbinfo     bool
+}{
+	SetClusterIP:     {"CLUSTER-IP", SetTypeHashIPPort, false},
+	SetExternal:      {"EXTERNAL", SetTypeHashIPPort, false},
+	SetExternalLocal: {"EXTERNAL-LOCAL", SetTypeHashIPPort, false},
+	SetLBFirewall:    {"LB-FIREWALL", SetTypeHashIPPort, false},
+	SetLBSourceCIDR:  {"LB-SOURCE-CIDR", SetTypeHashIPPortNet, false},
+	SetLoopBack:      {"LOOP-BACK", SetTypeHashIPPortIP, false},
+	SetVIPs:          {"VIPS", SetTypeHashIP, false},
+	SetNoLocal:       {"NO-LOCAL", SetTypeHashIPPort, false},
+	SetNodePortTCP:   {"NODE-PORT-TCP", SetTypeBitmapPort, false},
+	SetNodePortUDP:   {"NODE-PORT-UDP", SetTypeBitmapPort, false},
+	SetNodePortSCTP:  {"NODE-PORT-SCTP", SetTypeBitmapPort, false},
+	SetHealthCheck:   {"HEALTH-CHECK", SetTypeHashIPPort, false},
+	SetShortCircuit:  {"SHORT-CIRCUIT", SetTypeHashIPPort, true},
 }
 
 // SetName is the kernel name of a set: KIPVS-<suffix> for IPv4, KIPVS6-<suffix> for IPv6.
@@ -73,7 +90,8 @@ func SetName(id SetID, ipv6 bool) string {
 
 // SetSpec is the spec of a set.
 func SetSpec(id SetID, ipv6 bool) IPSetSpec {
-	return IPSetSpec{Name: SetName(id, ipv6), Type: setDefs[id].typ, IPv6: ipv6 && setDefs[id].typ != SetTypeBitmapPort}
+	return IPSetSpec{Name: SetName(id, ipv6), Type: setDefs[id].typ, IPv6: ipv6 && setDefs[id].typ != SetTypeBitmapPort,
+		Skbinfo: setDefs[id].skbinfo}
 }
 
 // SetMember is one entry that one Service wants in one set.
@@ -106,6 +124,11 @@ var nodePortSet = map[ipvs.Protocol]SetID{ipvs.TCP: SetNodePortTCP, ipvs.UDP: Se
 //   - Every real server that is an endpoint on this node goes to SetLoopBack.
 //   - The Service's dummy-link addresses go to SetVIPs.
 //   - A virtual server whose Local policy finds no local endpoint goes to SetNoLocal.
+//   - With a health check, each LoadBalancer IP with the healthCheckNodePort
+//     (TCP) goes to SetHealthCheck.
+//   - ExternalIP, LoadBalancer and NodePort virtual servers with
+//     externalTrafficPolicy Local go to SetShortCircuit with the mark of
+//     their Service port's fwmark virtual server (BuildFwmarkServers).
 func BuildNetfilterService(sm *ServiceModel, svc *endpoints.Service, eps endpoints.EndpointsMap, nodeName string) []SetMember {
 	if sm == nil || svc == nil {
 		return nil
@@ -159,8 +182,16 @@ func BuildNetfilterService(sm *ServiceModel, svc *endpoints.Service, eps endpoin
 				add(nodePortSet[k.Protocol], v6, IPSetEntry{Port: k.Port})
 			}
 		}
+		if dvs.Kind != KindClusterIP && sp.ExternalPolicyLocal {
+			e := ipPort
+			e.Mark = ShortCircuitMark(dvs.Port, v6)
+			add(SetShortCircuit, v6, e)
+		}
 		if dvs.NoLocalEndpoints {
 			add(SetNoLocal, v6, ipPort)
+		}
+		if dvs.Kind == KindLoadBalancer && sm.HealthCheck != nil && sm.HealthCheck.NodePort != 0 {
+			add(SetHealthCheck, v6, IPSetEntry{IP: k.Address, Protocol: ipvs.TCP, Port: sm.HealthCheck.NodePort})
 		}
 		for rk := range dvs.RealServers {
 			if isLocal(dvs.Port, rk) {
@@ -254,6 +285,8 @@ const (
 	ChainSourceRanges = "KIPVS-SOURCE-RANGES"
 	ChainIPVSFilter   = "KIPVS-IPVS-FILTER"
 	ChainForward      = "KIPVS-FORWARD"
+	ChainOutput       = "KIPVS-OUTPUT"
+	ChainPrerouting   = "KIPVS-PREROUTING"
 )
 
 // BuildRules returns kipvs's iptables rules for one family. They depend only
@@ -271,20 +304,36 @@ const (
 //     externalTrafficPolicy Cluster, and traffic to a local address on a
 //     NodePort with externalTrafficPolicy Cluster.
 //   - POSTROUTING jumps to KIPVS-POSTROUTING: hairpin traffic (an endpoint
-//     reaching itself after IPVS picked it) and marked traffic are masqueraded.
+//     reaching itself after IPVS picked it), the node's own short-circuited
+//     traffic (as kube-proxy masquerades LOCAL traffic to ETP=Local
+//     addresses) and marked traffic are masqueraded.
 //
 // filter:
-//   - INPUT and FORWARD jump to KIPVS-FIREWALL: traffic to a VIP:port whose
-//     Local traffic policy finds no local endpoint is dropped (filter INPUT
+//   - INPUT and FORWARD jump to KIPVS-FIREWALL: new connections to a VIP:port
+//     whose Local traffic policy finds no local endpoint are dropped, unless
+//     marked for short-circuiting (only a connection's first packet is
+//     marked: IPVS finds the later ones by address) (filter INPUT
 //     runs before IPVS's LOCAL_IN hook, so IPVS never rejects it); traffic to
 //     an LB IP:port with source ranges from another source is dropped.
 //   - INPUT sends new connections to KIPVS-IPVS-FILTER: traffic to an address
-//     on the dummy link that is not a Service IP:port is dropped (#72236).
+//     on the dummy link that is not a Service IP:port, nor an LB IP on its
+//     Service's healthCheckNodePort (#79783), is dropped (#72236).
 //     kube-proxy REJECTs; kipvs DROPs so that it needs no REJECT target
 //     (ipt_REJECT/nft_reject are not loaded everywhere; a failed REJECT rule
 //     would leave the node without any of kipvs's rules).
 //   - FORWARD jumps to KIPVS-FORWARD, which accepts marked and established
 //     traffic even when the FORWARD policy is DROP.
+//
+// mangle:
+//   - PREROUTING sends new connections to KIPVS-PREROUTING, which gives
+//     packets from --cluster-cidr to an externalTrafficPolicy=Local address
+//     the mark of its fwmark virtual server (SetShortCircuit, #115931).
+//   - OUTPUT sends new connections to KIPVS-OUTPUT, which marks the node's
+//     own traffic the same way, then drops the node's unmarked traffic to a
+//     VIP:port whose Local policy finds no local endpoint.
+//     IPVS's LOCAL_OUT hook (NF_IP_PRI_NAT_DST+1 and +2) runs before filter
+//     OUTPUT and would answer with an ICMP port unreachable; mangle OUTPUT
+//     (NF_IP_PRI_MANGLE) runs before it. kube-proxy's iptables mode drops too.
 func BuildRules(rc RuleConfig) RuleSet {
 	set := func(id SetID) string { return SetName(id, rc.IPv6) }
 	masq := []string{"-j", "MASQUERADE"}
@@ -299,6 +348,13 @@ func BuildRules(rc RuleConfig) RuleSet {
 		clusterMasq = args("! -s", rc.ClusterCIDR.Masked().String(), "-m set --match-set", set(SetClusterIP), "dst,dst -j", ChainMarkMasq)
 	default:
 		clusterMasq = args("-m set --match-set", set(SetClusterIP), "src,dst -j", ChainMarkMasq)
+	}
+	shortMark := fmt.Sprintf("%#x", ShortCircuitMarkBit)
+	// Without a cluster CIDR pods cannot be told apart: like kube-proxy
+	// without a local-traffic detector, only the node is short-circuited.
+	shortPods := [][]string{}
+	if rc.ClusterCIDR.IsValid() {
+		shortPods = append(shortPods, args("-s", rc.ClusterCIDR.Masked().String(), "-j SET --map-set", set(SetShortCircuit), "dst,dst --map-mark"))
 	}
 	nodePorts := make([][]string, 0, 3)
 	for _, p := range []struct {
@@ -318,12 +374,13 @@ func BuildRules(rc RuleConfig) RuleSet {
 			{Table: "nat", Name: ChainMarkMasq, Rules: [][]string{args("-j MARK --set-xmark", MasqueradeMark+"/"+MasqueradeMark)}},
 			{Table: "nat", Name: ChainPostrouting, Rules: [][]string{
 				append(args("-m set --match-set", set(SetLoopBack), "dst,dst,src"), masq...),
+				append(args("-m mark --mark", shortMark+"/"+shortMark, "-m addrtype --src-type LOCAL"), masq...),
 				args("-m mark ! --mark", MasqueradeMark+"/"+MasqueradeMark, "-j RETURN"),
 				args("-j MARK --set-xmark", MasqueradeMark+"/0x0"),
 				masq,
 			}},
 			{Table: "filter", Name: ChainFirewall, Rules: [][]string{
-				args("-m set --match-set", set(SetNoLocal), "dst,dst -j DROP"),
+				args("-m conntrack --ctstate NEW -m mark ! --mark", shortMark+"/"+shortMark, "-m set --match-set", set(SetNoLocal), "dst,dst -j DROP"),
 				args("-m set --match-set", set(SetLBFirewall), "dst,dst -j", ChainSourceRanges),
 			}},
 			{Table: "filter", Name: ChainSourceRanges, Rules: [][]string{
@@ -334,11 +391,17 @@ func BuildRules(rc RuleConfig) RuleSet {
 				args("-m set --match-set", set(SetClusterIP), "dst,dst -j RETURN"),
 				args("-m set --match-set", set(SetExternal), "dst,dst -j RETURN"),
 				args("-m set --match-set", set(SetExternalLocal), "dst,dst -j RETURN"),
+				args("-m set --match-set", set(SetHealthCheck), "dst,dst -j RETURN"),
 				args("-m set --match-set", set(SetVIPs), "dst -j DROP"),
 			}},
 			{Table: "filter", Name: ChainForward, Rules: [][]string{
 				args("-m mark --mark", MasqueradeMark+"/"+MasqueradeMark, "-j ACCEPT"),
 				args("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+			}},
+			{Table: "mangle", Name: ChainPrerouting, Rules: shortPods},
+			{Table: "mangle", Name: ChainOutput, Rules: [][]string{
+				args("-j SET --map-set", set(SetShortCircuit), "dst,dst --map-mark"),
+				args("-m mark ! --mark", shortMark+"/"+shortMark, "-m set --match-set", set(SetNoLocal), "dst,dst -j DROP"),
 			}},
 		},
 		Jumps: []Jump{
@@ -349,6 +412,8 @@ func BuildRules(rc RuleConfig) RuleSet {
 			{Table: "filter", Chain: "INPUT", Rule: args("-m conntrack --ctstate NEW -m comment --comment kipvs-ipvs-filter -j", ChainIPVSFilter)},
 			{Table: "filter", Chain: "FORWARD", Rule: args("-m comment --comment kipvs-firewall -j", ChainFirewall)},
 			{Table: "filter", Chain: "FORWARD", Rule: args("-m comment --comment kipvs-forward -j", ChainForward)},
+			{Table: "mangle", Chain: "PREROUTING", Rule: args("-m conntrack --ctstate NEW -m comment --comment kipvs-prerouting -j", ChainPrerouting)},
+			{Table: "mangle", Chain: "OUTPUT", Rule: args("-m conntrack --ctstate NEW -m comment --comment kipvs-output -j", ChainOutput)},
 		},
 	}
 }

@@ -64,6 +64,7 @@ func members(sm *ServiceModel, svc *endpoints.Service, eps endpoints.EndpointsMa
 func TestBuildNetfilterService(t *testing.T) {
 	node := NodeInfo{Node: endpoints.Node{Name: "node1"}, IPs: addrs("192.168.1.10"), LocalAddrs: addrs("192.168.1.10")}
 	web := spn("ns/web", "http", "TCP")
+	webMark := fmt.Sprintf("%#x", ShortCircuitMark(web, false))
 	for _, tc := range []struct {
 		name string
 		svc  *endpoints.Service
@@ -91,6 +92,7 @@ func TestBuildNetfilterService(t *testing.T) {
 			"KIPVS-CLUSTER-IP 10.96.0.10,tcp:80",
 			"KIPVS-LOOP-BACK 10.244.0.5,tcp:8080,10.244.0.5",
 			"KIPVS-VIPS 10.96.0.10",
+			"KIPVS-SHORT-CIRCUIT 192.168.1.10,tcp:30080 skbmark " + webMark,
 		},
 	}, {
 		name: "external IPs, Cluster and Local",
@@ -116,6 +118,20 @@ func TestBuildNetfilterService(t *testing.T) {
 			"KIPVS-VIPS 10.96.0.10", "KIPVS-VIPS 198.51.100.1",
 			// The only endpoint is on node2: the LB IP drops instead of rejecting.
 			"KIPVS-NO-LOCAL 198.51.100.1,tcp:80",
+			"KIPVS-SHORT-CIRCUIT 198.51.100.1,tcp:80 skbmark " + webMark,
+		},
+	}, {
+		name: "LoadBalancer Local with a health check: LB IP on the healthCheckNodePort",
+		svc: makeService("ns/web", "10.96.0.10", port("http", "TCP", 80), lbIPs("198.51.100.1"), externalLocal(),
+			eachPort(func(p *endpoints.ServicePort) { p.HealthCheckNodePort = 32100 })),
+		eps: makeEndpoints("10.244.0.5:8080@node1"),
+		want: []string{
+			"KIPVS-CLUSTER-IP 10.96.0.10,tcp:80",
+			"KIPVS-EXTERNAL-LOCAL 198.51.100.1,tcp:80",
+			"KIPVS-LOOP-BACK 10.244.0.5,tcp:8080,10.244.0.5",
+			"KIPVS-VIPS 10.96.0.10", "KIPVS-VIPS 198.51.100.1",
+			"KIPVS-HEALTH-CHECK 198.51.100.1,tcp:32100",
+			"KIPVS-SHORT-CIRCUIT 198.51.100.1,tcp:80 skbmark " + webMark,
 		},
 	}, {
 		name: "IPv6 SCTP",
@@ -321,8 +337,11 @@ func TestNetfilterSync(t *testing.T) {
 		if strings.Contains(strings.Join(got, " "), "10.96.9.9") || !strings.Contains(strings.Join(got, " "), "10.96.1.3,tcp:80") {
 			t.Errorf("after repair KIPVS-CLUSTER-IP = %v\nbefore:\n%s", got, before)
 		}
-		if n := len(h.ipt.tables["nat"][ChainPostrouting]); n != 4 {
-			t.Errorf("KIPVS-POSTROUTING has %d rules after the repair, want 4", n)
+		want := BuildRules(RuleConfig{ClusterCIDR: cfg.ClusterCIDRs[0], RandomFully: true})
+		for _, c := range want.Chains {
+			if c.Name == ChainPostrouting && len(h.ipt.tables["nat"][ChainPostrouting]) != len(c.Rules) {
+				t.Errorf("KIPVS-POSTROUTING has %d rules after the repair, want %d", len(h.ipt.tables["nat"][ChainPostrouting]), len(c.Rules))
+			}
 		}
 	})
 }

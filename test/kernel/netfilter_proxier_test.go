@@ -41,7 +41,7 @@ func netfilterKernel(t *testing.T) proxier.NetfilterKernel {
 	return k
 }
 
-// flushNetfilter empties the nat and filter tables and destroys every ipset.
+// flushNetfilter empties the nat, filter and mangle tables and destroys every ipset.
 func flushNetfilter(t *testing.T) {
 	t.Helper()
 	for _, cmd := range [][]string{
@@ -49,6 +49,8 @@ func flushNetfilter(t *testing.T) {
 		{"iptables", "-t", "filter", "-F"}, {"iptables", "-t", "filter", "-X"},
 		{"ip6tables", "-t", "nat", "-F"}, {"ip6tables", "-t", "nat", "-X"},
 		{"ip6tables", "-t", "filter", "-F"}, {"ip6tables", "-t", "filter", "-X"},
+		{"iptables", "-t", "mangle", "-F"}, {"iptables", "-t", "mangle", "-X"},
+		{"ip6tables", "-t", "mangle", "-F"}, {"ip6tables", "-t", "mangle", "-X"},
 		{"ipset", "destroy"},
 	} {
 		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
@@ -69,13 +71,14 @@ func logNetfilterState(t *testing.T) {
 	}
 }
 
-// startNF is cluster.start with the netfilter layer on the real kernel.
-func (c *cluster) startNF(cfg proxier.Config) *runningProxier {
+// startNF is cluster.start with the netfilter layer on the real kernel and
+// the given proxier options.
+func (c *cluster) startNF(cfg proxier.Config, opts ...proxier.Option) *runningProxier {
 	t := c.t
 	t.Helper()
 	k := netfilterKernel(t)
 	ctx, cancel := context.WithCancel(testContext(t))
-	p := &runningProxier{Proxier: proxier.New(cfg, c.state, c.ipvs, proxier.NewNetlinkAddresses(), clock.RealClock{}),
+	p := &runningProxier{Proxier: proxier.New(cfg, c.state, c.ipvs, proxier.NewNetlinkAddresses(), clock.RealClock{}, opts...),
 		cancel: cancel, done: make(chan struct{})}
 	k.IPv6 = nil // these tests are IPv4; TestNetfilterRuleCount covers ip6tables
 	p.UseNetfilter(k)
