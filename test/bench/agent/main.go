@@ -95,6 +95,9 @@ type bench struct {
 
 func runAgent(ctx context.Context, c *config) error {
 	b := &bench{c: c}
+	if err := loadModules(); err != nil {
+		logf("extra kernel modules: %v", err)
+	}
 	if c.scenarios[results.Floor] {
 		if err := b.floor(ctx); err != nil {
 			logf("floor: %v", err)

@@ -26,6 +26,7 @@ const (
 	guestKubeconfig = guestDir + "/admin.kubeconfig"
 	guestKipvs      = guestDir + "/kipvs"
 	guestKubeProxy  = guestDir + "/kube-proxy"
+	guestModules    = guestDir + "/modules"
 )
 
 // runner holds what every VM of a run shares.
@@ -33,6 +34,7 @@ type runner struct {
 	o            *options
 	agent, kipvs string
 	kubeProxy    string
+	modules      string
 	agg          *record.Aggregator
 	file         *results.File
 	start        time.Time
@@ -49,7 +51,8 @@ func run(ctx context.Context, o *options, command string) error {
 	if reason, ok := vm.Available(); !ok {
 		return errors.New(reason)
 	}
-	if _, err := vm.EnsureImage(ctx); err != nil {
+	img, err := vm.EnsureImage(ctx)
+	if err != nil {
 		return err
 	}
 	build, err := os.MkdirTemp("", "kipvs-bench-")
@@ -57,6 +60,10 @@ func run(ctx context.Context, o *options, command string) error {
 		return err
 	}
 	defer os.RemoveAll(build)
+	r.modules = filepath.Join(build, "modules")
+	if err := extractRejectModules(ctx, img, r.modules); err != nil {
+		return err
+	}
 	if r.logDir = o.logDir; r.logDir == "" {
 		r.logDir = filepath.Join(build, "logs")
 	}
@@ -159,7 +166,7 @@ func (r *runner) vmRun(ctx context.Context, s *apiserver.Server, kubeconfig, pro
 		"-min-sync-period", r.o.minSync.String(),
 		"-kubeconfig", guestKubeconfig, "-kipvs", guestKipvs, "-kube-proxy", guestKubeProxy,
 	}
-	files := map[string]string{kubeconfig: guestKubeconfig}
+	files := map[string]string{kubeconfig: guestKubeconfig, r.modules: guestModules}
 	if proxy == results.Kipvs {
 		files[r.kipvs] = guestKipvs
 	} else {
