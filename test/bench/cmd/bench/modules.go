@@ -10,15 +10,17 @@ import (
 	"github.com/kipvs/kipvs/test/vm"
 )
 
-// rejectModules are the kernel modules of the REJECT target (iptables) and
-// the reject statement (nftables), in load order. test/vm's image does not
-// preload them (kipvs uses DROP), but kube-proxy needs them: without them
-// every iptables-restore of its IPVS and iptables modes fails ("Extension
-// REJECT revision 0 not supported") and its syncs never end. The runner
-// copies them from the image's kernel package into the guest, where the agent
-// loads them before the proxy starts.
+// rejectModules are kernel modules kube-proxy needs and test/vm's image does
+// not preload (kipvs needs none of them), in load order: the REJECT target
+// (iptables) and reject statement (nftables), and nftables's numgen and fib
+// expressions. Without REJECT every iptables-restore of kube-proxy's IPVS and
+// iptables modes fails ("Extension REJECT revision 0 not supported") and its
+// syncs never end; without numgen and fib every transaction of its nftables
+// mode fails ("Could not process rule: No such file or directory"). The
+// runner copies them from the image's kernel package into the guest, where
+// the agent loads them before the proxy starts.
 var rejectModules = []string{"nf_reject_ipv4", "nf_reject_ipv6", "nft_reject", "nft_reject_ipv4", "nft_reject_ipv6",
-	"nft_reject_inet", "ipt_REJECT", "ip6t_REJECT"}
+	"nft_reject_inet", "ipt_REJECT", "ip6t_REJECT", "nft_numgen", "nft_fib", "nft_fib_ipv4", "nft_fib_ipv6", "nft_fib_inet"}
 
 // extractRejectModules unpacks rejectModules of img's kernel from the cached
 // kernel package into dst (flat: dst/<name>.ko).
@@ -36,7 +38,7 @@ func extractRejectModules(ctx context.Context, img vm.Image, dst string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	script := `dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards '*reject*' '*REJECT*'`
+	script := `dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards '*reject*' '*REJECT*' '*nft_numgen*' '*nft_fib*'`
 	if out, err := exec.CommandContext(ctx, "sh", "-c", script, "sh", debs[0], tmp).CombinedOutput(); err != nil {
 		return fmt.Errorf("unpack reject modules from %s: %w: %s", debs[0], err, out)
 	}
