@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -128,7 +129,24 @@ func (v *nftView) endpoints(ctx context.Context, vip netip.Addr) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return strings.Count(out, "goto endpoint-"), nil
+	return countNFTEndpoints(out), nil
+}
+
+// numgenMod matches kube-proxy's endpoint choice in a service chain.
+var numgenMod = regexp.MustCompile(`numgen random mod (\d+)`)
+
+// countNFTEndpoints returns the endpoints of a kube-proxy service chain: one
+// "goto endpoint-" per endpoint chain, or, where v1.37 DNATs straight from a
+// "numgen random mod N map { ... }", N.
+func countNFTEndpoints(chain string) int {
+	if n := strings.Count(chain, "goto endpoint-"); n > 0 {
+		return n
+	}
+	if m := numgenMod.FindStringSubmatch(chain); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	return 0
 }
 
 func (v *nftView) pollInterval() time.Duration { return 100 * time.Millisecond }

@@ -75,3 +75,19 @@ func TestSupports(t *testing.T) {
 		}
 	}
 }
+
+func TestCountNFTEndpoints(t *testing.T) {
+	tests := []struct {
+		chain string
+		want  int
+	}{
+		{"meta l4proto tcp dnat ip addr . port to numgen random mod 11 map { 0 : 10.128.0.0 . 8080 }", 11},
+		{"numgen random mod 2 vmap { 0 : goto endpoint-AAA-x, 1 : goto endpoint-BBB-y }", 2},
+		{"jump mark-for-masquerade", 0},
+	}
+	for _, tt := range tests {
+		if got := countNFTEndpoints(tt.chain); got != tt.want {
+			t.Errorf("countNFTEndpoints(%q) = %d, want %d", tt.chain, got, tt.want)
+		}
+	}
+}
