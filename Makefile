@@ -5,6 +5,10 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 export PATH := /usr/local/go/bin:$(PATH)
+# go.mod names the toolchain (go1.26.10: the standard library fixes govulncheck
+# asks for); the installed Go's go.env says GOTOOLCHAIN=local, so let it switch.
+# The toolchain comes from the Go module proxy (golang.org/toolchain) once.
+export GOTOOLCHAIN ?= auto
 
 .PHONY: all build static setup test test-unit demo clean bench bench-report
 
