@@ -56,11 +56,22 @@ clean:
 BENCHFLAGS ?=
 bench: setup
 	$(GO) run ./test/bench/cmd/bench -out docs/bench/results.json $(BENCHFLAGS)
+	$(MAKE) bench-micro
 	$(MAKE) bench-report
 
+## bench-micro: the model and plan micro-benchmarks at 1k/10k/50k Services
+## (go test -bench, ns/op and allocs/op) into docs/bench/gobench.txt
+MICROBENCH ?= BuildModel|IncrementalSync|ReconcileFull|FirstFullSync|OneChangeSync
+.PHONY: bench-micro
+bench-micro:
+	$(GO) test -run '^$$' -bench '$(MICROBENCH)' -benchmem -count 1 ./proxier > docs/bench/gobench.txt.tmp
+	mv docs/bench/gobench.txt.tmp docs/bench/gobench.txt
+
 ## bench-report: BENCHMARKS.md and docs/bench/*.png from docs/bench/results.json
+## (and the micro-benchmarks from docs/bench/gobench.txt when it exists)
 bench-report:
-	$(GO) run ./test/bench/cmd/report -in docs/bench/results.json -md BENCHMARKS.md -plots docs/bench
+	$(GO) run ./test/bench/cmd/report -in docs/bench/results.json -md BENCHMARKS.md -plots docs/bench \
+		$(if $(wildcard docs/bench/gobench.txt),-gobench docs/bench/gobench.txt)
 
 ## image-binary: the static Linux kipvs the container image ships, in bin/
 ## (the Dockerfile runs it; GOARCH=arm64 etc. cross-compiles)
