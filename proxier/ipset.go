@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -49,6 +50,10 @@ type IPSetSpec struct {
 	// a packet mark (IPSetEntry.Mark) that `-j SET --map-set S dst,dst
 	// --map-mark` copies to the packets they match.
 	Skbinfo bool
+	// Timeout creates the set with the timeout extension and this default
+	// timeout (whole seconds); its entries expire unless IPSetEntry.Timeout
+	// says otherwise. 0: no timeout support.
+	Timeout time.Duration
 }
 
 // IPSetEntry is one member of an ipset. Which fields matter depends on the
@@ -65,18 +70,28 @@ type IPSetEntry struct {
 	// 0xffffffff: the packet's whole mark is replaced); 0 elsewhere. It is
 	// data, not key: adding an entry with another mark replaces it.
 	Mark uint32
+	// Timeout is data too, of a set with IPSetSpec.Timeout only: given to Add,
+	// how long the entry lives (0: the set's default); from List, how long it
+	// has left, in whole seconds rounded down (at least 1 s: the kernel
+	// reports 0 only for a permanent entry, ip_set_timeout_get).
+	Timeout time.Duration
 }
 
-// Key returns the entry without its Mark: what the kernel looks it up by.
+// Key returns the entry without its Mark and Timeout: what the kernel looks it up by.
 func (e IPSetEntry) Key() IPSetEntry {
-	e.Mark = 0
+	e.Mark, e.Timeout = 0, 0
 	return e
 }
 
 // String renders the entry as the ipset tool does: "10.0.0.1",
 // "10.0.0.1,tcp:80", "10.0.0.1,tcp:80,10.0.0.2", "10.0.0.1,tcp:80,10.0.0.0/8", "30080",
-// "10.0.0.1,tcp:80 skbmark 0x12342000".
+// "10.0.0.1,tcp:80 skbmark 0x12342000", "10.0.0.1,tcp:80,10.0.0.2 timeout 300".
 func (e IPSetEntry) String() string {
+	if e.Timeout != 0 {
+		t := e
+		t.Timeout = 0
+		return t.String() + fmt.Sprintf(" timeout %d", timeoutSeconds(e.Timeout))
+	}
 	if e.Mark != 0 {
 		return e.Key().String() + fmt.Sprintf(" skbmark %#x", e.Mark)
 	}
@@ -99,6 +114,17 @@ func (e IPSetEntry) String() string {
 // ParseIPSetEntry parses String's format.
 func ParseIPSetEntry(s string) (IPSetEntry, error) {
 	var e IPSetEntry
+	if k, t, ok := strings.Cut(s, " timeout "); ok {
+		secs, err := strconv.ParseUint(t, 10, 32)
+		if err != nil || secs == 0 {
+			return e, fmt.Errorf("ipset entry %q: bad timeout", s)
+		}
+		if e, err = ParseIPSetEntry(k); err != nil {
+			return e, err
+		}
+		e.Timeout = time.Duration(secs) * time.Second
+		return e, nil
+	}
 	if k, m, ok := strings.Cut(s, " skbmark "); ok {
 		mark, err := strconv.ParseUint(m, 0, 32)
 		if err != nil {
@@ -172,8 +198,21 @@ func compareEntries(a, b IPSetEntry) int {
 	if c := cmp.Compare(a.Net.Bits(), b.Net.Bits()); c != 0 {
 		return c
 	}
-	return cmp.Compare(a.Mark, b.Mark)
+	if c := cmp.Compare(a.Mark, b.Mark); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Timeout, b.Timeout)
 }
+
+// timeoutSeconds converts an ipset timeout to the kernel's whole seconds,
+// rounding up and capping at IPSET_MAX_TIMEOUT (the kernel caps it too).
+func timeoutSeconds(d time.Duration) uint32 {
+	secs := (d + time.Second - 1) / time.Second
+	return uint32(min(max(secs, 0), ipsetMaxTimeout))
+}
+
+// ipsetMaxTimeout is IPSET_MAX_TIMEOUT, in seconds: (UINT_MAX >> 1) / 1000.
+const ipsetMaxTimeout = 2147483
 
 // Ipset is kipvs's boundary to the kernel's ipsets. Every call is one netlink
 // request: no `ipset` process per entry (kube-proxy #93445).
@@ -211,6 +250,10 @@ func (*NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
 		opts = netlink.IpsetCreateOptions{PortFrom: bitmapPortFrom, PortTo: bitmapPortTo}
 	}
 	opts.Skbinfo = spec.Skbinfo
+	if spec.Timeout > 0 {
+		secs := timeoutSeconds(spec.Timeout)
+		opts.Timeout = &secs
+	}
 	if err := netlink.IpsetCreate(spec.Name, spec.Type, opts); err != nil {
 		return fmt.Errorf("creating ipset %s (%s): %w", spec.Name, spec.Type, ipsetError(err))
 	}
@@ -295,6 +338,10 @@ var protoNumbers = map[ipvs.Protocol]uint8{ipvs.TCP: unix.IPPROTO_TCP, ipvs.UDP:
 
 func entryToNetlink(e IPSetEntry) *netlink.IPSetEntry {
 	ne := &netlink.IPSetEntry{}
+	if e.Timeout > 0 {
+		secs := timeoutSeconds(e.Timeout)
+		ne.Timeout = &secs
+	}
 	port := e.Port
 	ne.Port = &port
 	if !e.IP.IsValid() { // bitmap:port
@@ -321,6 +368,9 @@ func entryFromNetlink(typ string, ne *netlink.IPSetEntry) (IPSetEntry, error) {
 	var e IPSetEntry
 	if ne.Port != nil {
 		e.Port = *ne.Port
+	}
+	if ne.Timeout != nil {
+		e.Timeout = time.Duration(*ne.Timeout) * time.Second
 	}
 	if typ == SetTypeBitmapPort {
 		return e, nil

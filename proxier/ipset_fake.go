@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // FakeIpset is an in-memory Ipset for tests. Its canonical text (DumpText) is
@@ -16,19 +20,67 @@ import (
 //	  10.96.0.10,tcp:80
 //
 // (" inet6" follows the type of an IPv6 hash set, " skbinfo" that of a set
-// whose entries carry marks, shown as " skbmark 0x..."). Create, and Add and Del
-// that change something, count in Writes; List counts in Reads.
+// whose entries carry marks, shown as " skbmark 0x...", " timeout N" that of a
+// set with timeouts, whose entries show the seconds they have left as
+// " timeout N"). Create, and Add and Del that change something, count in
+// Writes; List counts in Reads.
+//
+// With a clock (SetClock) the entries of a set with timeouts count down as the
+// kernel's do: List reports the whole seconds left, rounded down, and an entry
+// whose time is up is gone. Without one their timeouts stay as added.
 type FakeIpset struct {
 	mu     sync.Mutex
 	sets   map[string]*fakeSet
 	writes int
 	reads  int
 	fail   map[string]error
+	clock  clock.PassiveClock
 }
 
 type fakeSet struct {
 	spec    IPSetSpec
 	entries map[IPSetEntry]struct{}
+	// expires holds, for a set with timeouts, when each entry expires (with a
+	// clock) or its timeout as added (without one, as a time after the zero time).
+	expires map[IPSetEntry]time.Time
+}
+
+// SetClock makes the timeouts of entries count down on clk.
+func (f *FakeIpset) SetClock(clk clock.PassiveClock) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clock = clk
+}
+
+// now is the fake's time: the clock's, or the zero time without one.
+func (f *FakeIpset) now() time.Time {
+	if f.clock == nil {
+		return time.Time{}
+	}
+	return f.clock.Now()
+}
+
+// expire drops the entries of s whose timeout has passed.
+func (f *FakeIpset) expire(s *fakeSet) {
+	if f.clock == nil {
+		return
+	}
+	now := f.clock.Now()
+	for e, t := range s.expires {
+		if !t.After(now) {
+			delete(s.expires, e)
+			delete(s.entries, e)
+		}
+	}
+}
+
+// withTimeout returns e with the seconds it has left in s, as the kernel
+// lists it (rounded down, at least 1).
+func (f *FakeIpset) withTimeout(s *fakeSet, e IPSetEntry) IPSetEntry {
+	if t, ok := s.expires[e]; ok {
+		e.Timeout = max(t.Sub(f.now()).Truncate(time.Second), time.Second)
+	}
+	return e
 }
 
 var _ Ipset = (*FakeIpset)(nil)
@@ -42,6 +94,7 @@ func NewFakeIpset() *FakeIpset {
 func NewFakeIpsetFromText(text string) (*FakeIpset, error) {
 	f := NewFakeIpset()
 	var cur *fakeSet
+	var err error
 	for i, line := range strings.Split(text, "\n") {
 		if strings.TrimSpace(line) == "" {
 			continue
@@ -54,7 +107,10 @@ func NewFakeIpsetFromText(text string) (*FakeIpset, error) {
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", i+1, err)
 			}
-			cur.entries[e] = struct{}{}
+			if e.Timeout != 0 && cur.spec.Timeout == 0 {
+				return nil, fmt.Errorf("line %d: timeout in a set without timeouts", i+1)
+			}
+			cur.add(time.Time{}, e)
 			continue
 		}
 		fields := strings.Fields(line)
@@ -62,17 +118,29 @@ func NewFakeIpsetFromText(text string) (*FakeIpset, error) {
 			return nil, fmt.Errorf("line %d: want \"NAME TYPE [inet6] [skbinfo]\", got %q", i+1, line)
 		}
 		spec := IPSetSpec{Name: fields[0], Type: fields[1]}
-		for _, opt := range fields[2:] {
-			switch opt {
+		opts := fields[2:]
+		for len(opts) > 0 {
+			switch opts[0] {
 			case "inet6":
 				spec.IPv6 = true
 			case "skbinfo":
 				spec.Skbinfo = true
+			case "timeout":
+				var secs uint64
+				if len(opts) > 1 {
+					secs, err = strconv.ParseUint(opts[1], 10, 32)
+				}
+				if len(opts) == 1 || err != nil || secs == 0 {
+					return nil, fmt.Errorf("line %d: bad timeout in %q", i+1, line)
+				}
+				spec.Timeout = time.Duration(secs) * time.Second
+				opts = opts[1:]
 			default:
-				return nil, fmt.Errorf("line %d: want \"NAME TYPE [inet6] [skbinfo]\", got %q", i+1, line)
+				return nil, fmt.Errorf("line %d: want \"NAME TYPE [inet6] [skbinfo] [timeout N]\", got %q", i+1, line)
 			}
+			opts = opts[1:]
 		}
-		cur = &fakeSet{spec: spec, entries: map[IPSetEntry]struct{}{}}
+		cur = newFakeSet(spec)
 		f.sets[cur.spec.Name] = cur
 	}
 	return f, nil
@@ -97,8 +165,11 @@ func (f *FakeIpset) DumpText() string {
 		if s.spec.Skbinfo {
 			b.WriteString(" skbinfo")
 		}
+		if s.spec.Timeout != 0 {
+			fmt.Fprintf(&b, " timeout %d", timeoutSeconds(s.spec.Timeout))
+		}
 		b.WriteString("\n")
-		for _, e := range sortedEntries(s.entries) {
+		for _, e := range f.listLocked(s) {
 			b.WriteString("  " + e.String() + "\n")
 		}
 	}
@@ -114,10 +185,42 @@ func (f *FakeIpset) Entries(set string) []string {
 		return nil
 	}
 	out := []string{}
-	for _, e := range sortedEntries(s.entries) {
+	for _, e := range f.listLocked(s) {
 		out = append(out, e.String())
 	}
 	return out
+}
+
+// listLocked returns the live entries of s, sorted, with the time they have left.
+func (f *FakeIpset) listLocked(s *fakeSet) []IPSetEntry {
+	f.expire(s)
+	out := sortedEntries(s.entries)
+	for i := range out {
+		out[i] = f.withTimeout(s, out[i])
+	}
+	return out
+}
+
+func newFakeSet(spec IPSetSpec) *fakeSet {
+	s := &fakeSet{spec: spec, entries: map[IPSetEntry]struct{}{}}
+	if spec.Timeout != 0 {
+		s.expires = map[IPSetEntry]time.Time{}
+	}
+	return s
+}
+
+// add stores e (whose Timeout, in a set with timeouts, is how long it lives:
+// 0 for the set's default) at now.
+func (s *fakeSet) add(now time.Time, e IPSetEntry) {
+	if s.expires != nil {
+		d := e.Timeout
+		if d == 0 {
+			d = s.spec.Timeout
+		}
+		e.Timeout = 0
+		s.expires[e] = now.Add(time.Duration(timeoutSeconds(d)) * time.Second)
+	}
+	s.entries[e] = struct{}{}
 }
 
 // SetError makes every Add and Del on set fail with err until SetError(set, nil).
@@ -157,7 +260,7 @@ func (f *FakeIpset) Create(_ context.Context, spec IPSetSpec) error {
 	if _, ok := f.sets[spec.Name]; ok {
 		return fmt.Errorf("creating ipset %s (%s): %w", spec.Name, spec.Type, syscall.EEXIST)
 	}
-	f.sets[spec.Name] = &fakeSet{spec: spec, entries: map[IPSetEntry]struct{}{}}
+	f.sets[spec.Name] = newFakeSet(spec)
 	return nil
 }
 
@@ -182,11 +285,13 @@ func (f *FakeIpset) List(_ context.Context, name string) (string, []IPSetEntry, 
 	if !ok {
 		return "", nil, fmt.Errorf("listing ipset %s: %w", name, ErrSetNotFound)
 	}
-	return s.spec.Type, sortedEntries(s.entries), nil
+	return s.spec.Type, f.listLocked(s), nil
 }
 
 // Add implements Ipset; an entry that does not fit the set's type or family
-// fails with EINVAL, as the kernel's type handlers do.
+// fails with EINVAL, as the kernel's type handlers do, and so does a timeout
+// for a set without timeouts (IPSET_ERR_TIMEOUT). Adding an entry that is
+// there with a timeout sets its timeout anew, as `ipset -exist add` does.
 func (f *FakeIpset) Add(_ context.Context, set string, e IPSetEntry) error {
 	return f.change(set, e, true)
 }
@@ -211,8 +316,24 @@ func (f *FakeIpset) change(set string, e IPSetEntry, add bool) error {
 		f.writes++
 		return fmt.Errorf(verb, e, set, err)
 	}
-	if !fitsSet(s.spec, e) {
+	if !fitsSet(s.spec, e) || e.Timeout != 0 && s.spec.Timeout == 0 {
 		return fmt.Errorf(verb, e, set, syscall.EINVAL)
+	}
+	if s.expires != nil {
+		f.expire(s)
+		k := e
+		k.Timeout = 0
+		_, have := s.entries[k]
+		switch {
+		case add:
+			s.add(f.now(), e)
+			f.writes++
+		case have:
+			delete(s.entries, k)
+			delete(s.expires, k)
+			f.writes++
+		}
+		return nil
 	}
 	if s.spec.Skbinfo {
 		// The mark is data: the kernel finds the entry by its key, an add
@@ -245,7 +366,7 @@ func fitsSet(spec IPSetSpec, e IPSetEntry) bool {
 	if e.Mark != 0 && !spec.Skbinfo {
 		return false
 	}
-	e.Mark = 0
+	e.Mark, e.Timeout = 0, 0
 	if spec.Type == SetTypeBitmapPort {
 		return e == IPSetEntry{Port: e.Port}
 	}

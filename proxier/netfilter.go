@@ -125,6 +125,7 @@ func (p *Proxier) UseNetfilter(k NetfilterKernel) {
 		n.k.NumCPU = runtime.NumCPU
 	}
 	if k.Ipset != nil {
+		p.drainSet = newDrainSet(k.Ipset)
 		for _, v6 := range []bool{false, true} {
 			if n.iptables(v6) != nil {
 				n.families = append(n.families, v6)

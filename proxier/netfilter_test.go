@@ -290,8 +290,14 @@ func TestNetfilterSync(t *testing.T) {
 		h.nfSync(false)
 		h.src.setEndpoints(spn("ns/web", "http", "TCP"), makeEndpoints("10.244.0.6:8080@node1", "10.244.1.5:8080@node2")...)
 		reads := h.ipset.Reads() + h.ipt.Reads()
-		if n := h.nfSync(false); n != 2 {
-			t.Errorf("local endpoint replaced: %d netfilter writes, want 2 (one loop-back entry out, one in)", n)
+		n := h.nfSync(false)
+		// The replaced endpoint drains: the drain set is created with one
+		// entry per virtual server of the endpoint (ClusterIP, two NodePorts).
+		if drains := h.ipset.Entries(DrainSetName(false)); len(drains) != 3 {
+			t.Errorf("drain set after one endpoint was replaced: %v, want 3 entries", drains)
+		}
+		if n != 2+1+3 {
+			t.Errorf("local endpoint replaced: %d netfilter writes, want 2 (one loop-back entry out, one in) and 4 for the drain set", n)
 		}
 		if r := h.ipset.Reads() + h.ipt.Reads() - reads; r != 0 {
 			t.Errorf("incremental sync read the kernel %d times", r)

@@ -78,6 +78,8 @@ type Proxier struct {
 	desired   *Desired
 	observed  *KernelState
 	drains    DrainClock
+	// drainSet keeps the drain starts in the kernel (drainset.go); nil without ipsets.
+	drainSet *drainSet
 	svcErrs   map[types.NamespacedName]error
 	// pendingVS and pendingAddrs failed in the previous sync and are reconciled again.
 	pendingVS    map[ipvs.VirtualServerKey]struct{}
@@ -180,6 +182,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	ctTargets := p.beforeApply(plan)
 	ar := Apply(ctx, plan, p.ipvs, p.addrs, p.cfg.DummyLink, p.observed)
 	p.drains.Update(scope, plan.Draining, start)
+	p.writeDrainSet(ctx)
 	p.afterApply(ctx, ctTargets, start)
 	clear(p.pendingVS)
 	clear(p.pendingAddrs)
@@ -217,6 +220,9 @@ func (p *Proxier) plan(ctx context.Context, snap *endpoints.Snapshot, full bool,
 	}
 	if err != nil {
 		return Plan{}, Scope{}, n, err
+	}
+	if full {
+		p.loadDrainSet(ctx, now)
 	}
 	plan := Reconcile(ReconcileInput{
 		Desired: p.desired, Observed: p.observed, Scope: scope, DrainSince: p.drains, Now: now,

@@ -265,8 +265,11 @@ type DrainKey struct {
 }
 
 // DrainClock holds, per virtual server, when each of its draining real servers
-// was first seen draining. It lives in memory: after a restart the clock of a real
-// server found draining in the kernel starts when kipvs first sees it.
+// started draining. It lives in memory and is written to kipvs's drain set in
+// the kernel (KIPVS-DRAINING, drainset.go) after every sync; after a restart the
+// first full sync seeds it from that set (Seed), so deadlines keep their start.
+// Without the set (no ipsets) the clock of a real server found draining starts
+// when kipvs first sees it.
 type DrainClock map[ipvs.VirtualServerKey]map[ipvs.RealServerKey]time.Time
 
 // Update records the outcome of a plan over scope: drains that ended are
@@ -341,8 +344,9 @@ type ReconcileInput struct {
 // DrainTimeout > 0: its weight is set to 0 and it is deleted once its active and
 // inactive connections reach 0 or DrainTimeout has passed since it was first seen
 // draining. Draining is recomputed from the kernel (weight 0 and not wanted), so a
-// restart keeps draining; only the clock restarts, at first observation. UDP and
-// SCTP real servers are deleted at once.
+// restart keeps draining; when it started comes from DrainSince, which a restarted
+// Proxier seeds from its drain set in the kernel (DrainClock). UDP and SCTP real
+// servers are deleted at once.
 func Reconcile(in ReconcileInput) Plan {
 	vsKeys, addrs := scopeKeys(in)
 	var addrAdds, vsOps, vsDeletes, addrDeletes []Op
