@@ -80,7 +80,7 @@ type Proxier struct {
 	drains    DrainClock
 	// drainSet keeps the drain starts in the kernel (drainset.go); nil without ipsets.
 	drainSet *drainSet
-	svcErrs   map[types.NamespacedName]error
+	svcErrs  map[types.NamespacedName]error
 	// pendingVS and pendingAddrs failed in the previous sync and are reconciled again.
 	pendingVS    map[ipvs.VirtualServerKey]struct{}
 	pendingAddrs map[netip.Addr]struct{}
