@@ -21,6 +21,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	testclock "k8s.io/utils/clock/testing"
 
@@ -196,6 +197,9 @@ type hostileCase struct {
 	services  []*v1.Service
 	slices    []*discoveryv1.EndpointSlice
 	want      []problem
+	// wantSkipped are Services not programmed on this node without an error
+	// (ServiceModel.Skipped): object is ns/name.
+	wantSkipped []problem
 	// wantVS are the virtual servers outside the control VIP, as virtualServers renders them.
 	wantVS []string
 	// countVS, when > 0, replaces wantVS by a count (for the big cases).
@@ -224,8 +228,11 @@ func hostileCases() []hostileCase {
 		nodeAddrs: ipv4OnlyNode,
 		services:  []*v1.Service{web("v6", "fd00::10")},
 		slices:    []*discoveryv1.EndpointSlice{slice("hostile", "v6-1", "v6", "fd00:10::1")},
-		// Nothing is programmed, and the Service error says why.
-		want: []problem{{"hostile/v6", "this node has no IPv6 address"}},
+		// Nothing is programmed and no Service error (an Event per Service)
+		// is raised: the proxier logs the missing family once, and /status
+		// shows the Service as skipped with the reason.
+		want:        nil,
+		wantSkipped: []problem{{"hostile/v6", "this node has no IPv6 address"}},
 	}, {
 		name:      "dual-stack Service on an IPv4-only node keeps its IPv4 half",
 		nodeAddrs: ipv4OnlyNode,
@@ -408,6 +415,16 @@ func TestHostileInput(t *testing.T) {
 			for _, w := range tc.want {
 				if !slices.ContainsFunc(got, func(p string) bool { return strings.Contains(p, w.object) && strings.Contains(p, w.reason) }) {
 					t.Errorf("no problem naming %q with reason %q; problems:\n  %s", w.object, w.reason, strings.Join(got, "\n  "))
+				}
+			}
+			for _, w := range tc.wantSkipped {
+				ns, name, _ := strings.Cut(w.object, "/")
+				var reason string
+				if e := r.p.Status().Services[types.NamespacedName{Namespace: ns, Name: name}]; e != nil {
+					reason = e.Model.Skipped
+				}
+				if !strings.Contains(reason, w.reason) {
+					t.Errorf("%s skipped %q, want a reason with %q", w.object, reason, w.reason)
 				}
 			}
 			if len(tc.want) == 0 && len(got) > 0 {

@@ -178,6 +178,10 @@ type ServiceModel struct {
 	// Err is a Service-scoped problem (invalid Service, unknown scheduler, a
 	// virtual server claimed by another Service). It names the Service and the reason.
 	Err error
+	// Skipped says why a valid Service is not programmed on this node (its
+	// only address family is one the node lacks). It is not an error: the
+	// proxier logs the missing family once, not once per Service.
+	Skipped string
 }
 
 // Model is the desired state of every Service, after conflicts between Services
@@ -226,8 +230,8 @@ func BuildService(svc *endpoints.Service, eps endpoints.EndpointsMap, node NodeI
 		}
 		sched = a
 	}
-	if err := servableFamily(svc, &node); err != nil {
-		sm.Err = fmt.Errorf("service %s: %w", svc.Name, err)
+	if reason := unservableFamily(svc, &node); reason != "" {
+		sm.Skipped = reason
 		return sm
 	}
 	b := serviceBuilder{sm: &sm, node: &node, cfg: &cfg, sched: sched}
@@ -242,25 +246,27 @@ func BuildService(svc *endpoints.Service, eps endpoints.EndpointsMap, node NodeI
 	return sm
 }
 
-// servableFamily fails when the node has none of the address families of the
-// Service's cluster IPs (an IPv6-only Service on an IPv4-only node): such a
-// Service gets nothing, and the error says why instead of it vanishing. A
-// dual-stack Service on a single-stack node is served in the node's family.
-func servableFamily(svc *endpoints.Service, node *NodeInfo) error {
+// unservableFamily says why the node cannot serve the Service when it has none
+// of the address families of the Service's cluster IPs (an IPv6-only Service on
+// an IPv4-only node), and is "" otherwise. Such a Service gets nothing and is
+// marked skipped (shown in /status), not failed: the proxier logs the missing
+// family once, where a Service error would log and raise an Event per Service.
+// A dual-stack Service on a single-stack node is served in the node's family.
+func unservableFamily(svc *endpoints.Service, node *NodeInfo) string {
 	if len(svc.Ports) == 0 || len(svc.Ports[0].ClusterIPs) == 0 {
-		return nil
+		return ""
 	}
 	ips := svc.Ports[0].ClusterIPs // the same for every port
 	for _, ip := range ips {
 		if node.hasFamily(ip) {
-			return nil
+			return ""
 		}
 	}
 	family := "IPv4"
 	if ips[0].Is6() {
 		family = "IPv6"
 	}
-	return fmt.Errorf("this node has no %s address, so its cluster IPs %v cannot be served", family, ips)
+	return fmt.Sprintf("this node has no %s address, so its cluster IPs %v are not served", family, ips)
 }
 
 // serviceBuilder accumulates one Service's virtual servers.

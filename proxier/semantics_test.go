@@ -4,11 +4,14 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/kipvs/kipvs/endpoints"
 	"github.com/kipvs/kipvs/ipvs"
@@ -225,25 +228,84 @@ func TestFamiliesFrom(t *testing.T) {
 }
 
 // TestProxierSkipsMissingFamily checks that a node without IPv6 programs the
-// IPv4 half of a dual-stack Service and nothing of the IPv6 half.
+// IPv4 half of a dual-stack Service and nothing of the IPv6 half, and that
+// IPv6-only Services are skipped with one log line for the family, not a
+// Service error (and so a log line and an Event) per Service; /status shows
+// them as skipped.
 func TestProxierSkipsMissingFamily(t *testing.T) {
 	h := newHarness(t, testConfig(), "", "eth0: 192.168.1.10\nlo: 127.0.0.1\n")
+	logs := &logLines{}
+	h.ctx = klog.NewContext(h.ctx, funcr.New(logs.add, funcr.Options{}))
+	withOptions(h)
+	events := &eventLog{}
+	h.p.AddObserver(NewEventReporter(events, nil, h.clk, funcr.New(logs.add, funcr.Options{})))
 	h.src.setService(makeService("ns/web", "10.0.0.1,fd00::1", port("http", "TCP", 80)))
 	h.src.setEndpoints(spn("ns/web", "http", "TCP"), makeEndpoints("10.1.0.1:8080", "[fd01::1]:8080")...)
+	for _, name := range []string{"ns/v6a", "ns/v6b"} {
+		h.src.setService(makeService(name, map[string]string{"ns/v6a": "fd00::10", "ns/v6b": "fd00::11"}[name], port("http", "TCP", 80)))
+		h.src.setEndpoints(spn(name, "http", "TCP"), makeEndpoints("[fd01::10]:8080")...)
+	}
 	h.sync()
 	if err := h.p.LastSync().Err; err != nil {
 		t.Fatal(err)
 	}
-	if got := h.resolve("fd00::1", 80, ipvs.TCP); got != nil {
-		t.Errorf("IPv6 virtual server on a node without IPv6: %v", got)
+	h.clk.Step(DefaultEventInterval + time.Second)
+	h.syncFull()
+
+	if errs := h.p.LastSync().ServiceErrors; len(errs) > 0 {
+		t.Errorf("Service errors: %v", errs)
+	}
+	if got := events.take(); len(got) > 0 {
+		t.Errorf("Events: %v", got)
+	}
+	var family []string
+	for _, l := range logs.lines {
+		if strings.Contains(l, "fd00::1") || strings.Contains(l, "v6a") || strings.Contains(l, "v6b") || strings.Contains(l, "Cannot program") {
+			t.Errorf("log line naming a Service: %s", l)
+		}
+		if strings.Contains(l, "Node has no address of this family") {
+			family = append(family, l)
+		}
+	}
+	if len(family) != 1 || !strings.Contains(family[0], `"family"="IPv6"`) {
+		t.Errorf("want one log line for the missing IPv6 family, got %q", family)
 	}
 	if diff := cmp.Diff([]string{"10.1.0.1:8080 w1"}, h.resolve("10.0.0.1", 80, ipvs.TCP)); diff != "" {
-		t.Errorf("IPv4 half (-want +got):\n%s", diff)
+		t.Errorf("IPv4 half of the dual-stack Service (-want +got):\n%s", diff)
+	}
+	for _, vip := range []string{"fd00::1", "fd00::10", "fd00::11"} {
+		if got := h.resolve(vip, 80, ipvs.TCP); got != nil {
+			t.Errorf("virtual server on %s: %v", vip, got)
+		}
 	}
 	if diff := cmp.Diff([]string{"10.0.0.1"}, h.bound()); diff != "" {
 		t.Errorf("dummy link (-want +got):\n%s", diff)
 	}
+	st := h.p.BuildStatus(h.ctx, StatusQuery{}, StatusOptions{})
+	skipped := map[string]string{}
+	for _, sp := range st.Services {
+		if sp.Error != "" {
+			t.Errorf("/status error on %s: %s", sp.Name, sp.Error)
+		}
+		skipped[sp.Name] = sp.Skipped
+	}
+	for _, name := range []string{"ns/v6a:http", "ns/v6b:http"} {
+		if !strings.Contains(skipped[name], "this node has no IPv6 address") {
+			t.Errorf("/status of %s: skipped %q, want the missing family", name, skipped[name])
+		}
+	}
+	if skipped["ns/web:http"] != "" {
+		t.Errorf("/status marks the dual-stack Service skipped: %q", skipped["ns/web:http"])
+	}
+	if len(st.Rejected) > 0 {
+		t.Errorf("/status rejected: %v", st.Rejected)
+	}
 }
+
+// logLines collects funcr's formatted log lines.
+type logLines struct{ lines []string }
+
+func (l *logLines) add(prefix, args string) { l.lines = append(l.lines, prefix+" "+args) }
 
 // conntrackHarness syncs ns/dns (UDP 10.0.0.10:53, NodePort 30053) with two
 // endpoints and a Proxier that clears conntrack entries in ct.

@@ -47,7 +47,7 @@ func (r *statusRenderer) service(e *ServiceEntry, q StatusQuery) {
 	if len(svc.Ports) == 0 {
 		r.out.Services = append(r.out.Services, ServicePortStatus{Name: m.Name.String(), Namespace: m.Name.Namespace,
 			Service: m.Name.Name, Type: string(svc.Type), Affinity: string(v1.ServiceAffinityNone), Error: errText,
-			VirtualServers: []VIPStatus{}})
+			Skipped: m.Skipped, VirtualServers: []VIPStatus{}})
 		return
 	}
 	for _, sp := range svc.Ports {
@@ -59,7 +59,7 @@ func (r *statusRenderer) service(e *ServiceEntry, q StatusQuery) {
 			Name: sp.Name.String(), Namespace: m.Name.Namespace, Service: m.Name.Name, Port: sp.Name.Port,
 			Protocol: string(sp.Protocol), Type: string(svc.Type), Scheduler: sched,
 			Affinity: string(v1.ServiceAffinityNone), InternalTrafficPolicy: policyName(sp.InternalPolicyLocal),
-			TrafficDistribution: sp.TrafficDistribution, Error: errText, VirtualServers: []VIPStatus{},
+			TrafficDistribution: sp.TrafficDistribution, Error: errText, Skipped: m.Skipped, VirtualServers: []VIPStatus{},
 		}
 		if sp.StickyMaxAgeSeconds > 0 {
 			ps.Affinity, ps.AffinityTimeoutSeconds = string(v1.ServiceAffinityClientIP), sp.StickyMaxAgeSeconds

@@ -78,7 +78,10 @@ type ServicePortStatus struct {
 	TrafficDistribution   string         `json:"trafficDistribution,omitempty"`
 	Endpoints             EndpointCounts `json:"endpoints"`
 	Error                 string         `json:"error,omitempty"`
-	VirtualServers        []VIPStatus    `json:"virtualServers"`
+	// Skipped says why a valid Service is not programmed on this node (an
+	// address family the node lacks).
+	Skipped        string      `json:"skipped,omitempty"`
+	VirtualServers []VIPStatus `json:"virtualServers"`
 }
 
 // EndpointCounts counts a Service port's endpoints in its EndpointSlices.

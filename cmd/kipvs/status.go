@@ -225,6 +225,8 @@ func renderServicePort(tw io.Writer, sp *proxier.ServicePortStatus, wide bool) {
 		note := "no virtual server"
 		if sp.Error != "" {
 			note = "error: " + sp.Error
+		} else if sp.Skipped != "" {
+			note = "skipped: " + sp.Skipped
 		}
 		row(tw, wide, sp.Name, sp.Protocol, "-", "-", dash(sp.Scheduler), affinity, fmt.Sprintf("%d/%d", sp.Endpoints.Ready, sp.Endpoints.Total), "0", "0", note)
 		return
