@@ -85,6 +85,14 @@ TCP 192.0.2.1:80 wlc
 	if err := f.ipset.Add(ctx, SetName(SetNodePortTCP, false), IPSetEntry{Port: 30080}); err != nil {
 		t.Fatal(err)
 	}
+	// The drain set, created when a real server drains (drainset.go).
+	if err := f.ipset.Create(ctx, DrainSetSpec(false)); err != nil {
+		t.Fatal(err)
+	}
+	drain := DrainEntry(DrainKey{VirtualServer: vsKey("10.96.5.5", 80, "TCP"), RealServer: rsKey("10.244.1.5:8080")})
+	if err := f.ipset.Add(ctx, DrainSetName(false), drain); err != nil {
+		t.Fatal(err)
+	}
 	f.kernel = CleanupKernel{IPVS: f.ipvs, Links: f.addrs, IPv4: f.v4, Ipset: f.ipset}
 	return f
 }
@@ -121,7 +129,7 @@ var kipvsRuleRemovals = []string{
 }
 
 var kipvsSetRemovals = []string{
-	"ipset KIPVS-CLUSTER-IP", "ipset KIPVS-EXTERNAL", "ipset KIPVS-EXTERNAL-LOCAL", "ipset KIPVS-HEALTH-CHECK", "ipset KIPVS-LB-FIREWALL",
+	"ipset KIPVS-CLUSTER-IP", "ipset KIPVS-DRAINING", "ipset KIPVS-EXTERNAL", "ipset KIPVS-EXTERNAL-LOCAL", "ipset KIPVS-HEALTH-CHECK", "ipset KIPVS-LB-FIREWALL",
 	"ipset KIPVS-LB-SOURCE-CIDR", "ipset KIPVS-LOOP-BACK", "ipset KIPVS-NO-LOCAL", "ipset KIPVS-NODE-PORT-SCTP", "ipset KIPVS-NODE-PORT-TCP",
 	"ipset KIPVS-NODE-PORT-UDP", "ipset KIPVS-SHORT-CIRCUIT", "ipset KIPVS-VIPS",
 }
