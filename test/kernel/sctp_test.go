@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/kipvs/kipvs/proxier"
 	"github.com/kipvs/kipvs/test/netpod"
 )
 
@@ -66,4 +71,121 @@ func TestSCTPClusterIP(t *testing.T) {
 	if src != c.net.Gateway {
 		t.Errorf("SCTP from %s outside the cluster CIDR seen from %s, want the node's %s", ext.IP, src, c.net.Gateway)
 	}
+}
+
+// TestSCTPEndpointRemoved: an SCTP real server is not drained like a TCP one:
+// when its endpoint goes, the real server is gone in the sync that removes it
+// even with an association open on it, and its conntrack entries are gone
+// (after there was one), so that the client's next INIT is scheduled afresh.
+//
+// On this kernel the conntrack half holds even without kipvs's clearing: with
+// expire_nodest_conn=1, deleting a real server queues the expiry of its IPVS
+// connections, which drops their conntrack entries (Linux 5.9, "ipvs: queue
+// delayed work to expire no destination connections if expire_nodest_conn=1").
+// The entries that only kipvs clears (created while a Service had no real
+// server) are TestSemanticsUDPFirstEndpointFlushesConntrack's case; the unit
+// test TestSCTPConntrackClearedWhenEndpointGoes covers SCTP's filters.
+func TestSCTPEndpointRemoved(t *testing.T) {
+	if _, err := os.Stat("/proc/net/sctp"); err != nil {
+		t.Fatalf("the VM kernel has no SCTP (module sctp not loaded?): %v", err)
+	}
+	c := newCluster(t, "client")
+	for _, name := range []string{"a", "b"} {
+		p := c.net.AddPod(t, name)
+		p.ServeEcho(t, echoPort, netpod.SCTP)
+		c.pods[name] = p
+	}
+	client := c.pods["client"]
+	vip := netip.AddrPortFrom(c.vip(61), 80)
+	slice := func(names ...string) *discoveryv1.EndpointSlice {
+		return makeSlice("sctp-1", "sctp", []discoveryv1.EndpointPort{slicePort("sctp", v1.ProtocolSCTP, echoPort)},
+			c.endpointsOf(names...)...)
+	}
+	c.setService(makeService("sctp", vip.Addr().String(), []v1.ServicePort{svcPort("sctp", v1.ProtocolSCTP, 80, 0)}))
+	c.setSlice(slice("a", "b"))
+	// With the netfilter layer, as kipvs runs: its rules are what enable
+	// connection tracking in the netns. DrainTimeout is an hour.
+	p := c.startNF(c.nfConfig(), proxier.WithConntrack(proxier.NewNetlinkConntrack()))
+	c.waitTable(t, table(entry(key("SCTP", vip), c.backends(echoPort, 1, "a", "b"))))
+
+	conn, err := netpod.Dial(t.Context(), client, netpod.SCTP, vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	reply, err := conn.Send("hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := netpod.ParseReply(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, keep := r.Pod, "a"
+	if gone == "a" {
+		keep = "b"
+	}
+	if rs, ok := c.realServer(t, key("SCTP", vip), gone); !ok || rs.ActiveConns+rs.InactiveConns == 0 {
+		t.Fatalf("the association to %s is not counted on its real server: %s (present %v)", gone, rsString(rs), ok)
+	}
+	if got := sctpConntrackTo(t, vip, c.pods[gone].IP); len(got) == 0 {
+		logNetfilterState(t)
+		t.Fatalf("no SCTP conntrack entry to %s through %s before the removal:\n%s", gone, vip, conntrackSCTP(t))
+	}
+
+	t.Logf("association answered by %s; removing %s", gone, gone)
+	since := time.Now()
+	c.setSlice(slice(keep))
+	p.QueueSync()
+	p.waitSynced(t, since, false)
+	// At once: right after the sync that removed it, not after a drain.
+	if rs, ok := c.realServer(t, key("SCTP", vip), gone); ok {
+		t.Errorf("the SCTP real server of %s is still there after the sync: %s", gone, rsString(rs))
+	}
+	c.waitTable(t, table(entry(key("SCTP", vip), c.backends(echoPort, 1, keep))))
+	if got := sctpConntrackTo(t, vip, c.pods[gone].IP); len(got) > 0 {
+		t.Errorf("SCTP conntrack entries to the removed %s remain:\n%s", gone, strings.Join(got, "\n"))
+	}
+	if got := p.LastSync(); got.Err != nil {
+		t.Errorf("sync error: %v", got.Err)
+	}
+	// A new association goes to the endpoint left.
+	waitAnswering(t, client, netpod.SCTP, vip, keep)
+}
+
+// conntrackSCTP returns `conntrack -L -p sctp`.
+func conntrackSCTP(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("conntrack", "-L", "-p", "sctp").Output()
+	if err != nil {
+		t.Fatalf("conntrack -L -p sctp: %v", err)
+	}
+	return string(out)
+}
+
+// sctpConntrackTo returns the SCTP conntrack entries whose original
+// destination is vip and whose reply comes from backend.
+func sctpConntrackTo(t *testing.T, vip netip.AddrPort, backend netip.Addr) []string {
+	t.Helper()
+	var out []string
+	for line := range strings.Lines(conntrackSCTP(t)) {
+		f := strings.Fields(line)
+		var src, dst, dport []string
+		for _, w := range f {
+			switch k, v, _ := strings.Cut(w, "="); k {
+			case "src":
+				src = append(src, v)
+			case "dst":
+				dst = append(dst, v)
+			case "dport":
+				dport = append(dport, v)
+			}
+		}
+		// Original direction first, then the reply.
+		if len(src) == 2 && len(dst) >= 1 && len(dport) >= 1 && dst[0] == vip.Addr().String() &&
+			dport[0] == strconv.Itoa(int(vip.Port())) && src[1] == backend.String() {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return out
 }
