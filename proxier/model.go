@@ -477,9 +477,22 @@ func excluded(a netip.Addr, cidrs []netip.Prefix) bool {
 	return false
 }
 
-// claims records, for every virtual server key, the Services that want it,
-// sorted by namespace/name: the first one wins.
-type claims map[ipvs.VirtualServerKey][]types.NamespacedName
+// claims records, for every virtual server key, the Services that want it in
+// the order they win it: first those whose virtual server there the API server
+// allocated (a cluster IP or a node port, unique cluster-wide), then those
+// that name the address themselves (externalIPs, load balancer ingress), each
+// group by namespace/name. Without the first rule any Service could take
+// another's cluster IP by listing it in its externalIPs and sorting first
+// (the API server accepts any externalIP; CVE-2020-8554).
+type claims map[ipvs.VirtualServerKey][]claim
+
+// claim is one Service's claim of a virtual server key.
+type claim struct {
+	name types.NamespacedName
+	// named is true for a key the Service names itself (KindExternalIP,
+	// KindLoadBalancer), false for one the API server allocated.
+	named bool
+}
 
 // compareNames orders Services by namespace, then name.
 func compareNames(a, b types.NamespacedName) int {
@@ -489,30 +502,46 @@ func compareNames(a, b types.NamespacedName) int {
 	return cmp.Compare(a.Name, b.Name)
 }
 
-// add records sm's claims and returns the keys whose winner may have changed.
+// compareClaims orders claims of one key: allocated before named, then by name.
+func compareClaims(a, b claim) int {
+	if a.named != b.named {
+		if a.named {
+			return 1
+		}
+		return -1
+	}
+	return compareNames(a.name, b.name)
+}
+
+// claimOf is sm's claim of its virtual server dvs.
+func claimOf(sm *ServiceModel, dvs *DesiredVirtualServer) claim {
+	return claim{name: sm.Name, named: dvs.Kind == KindExternalIP || dvs.Kind == KindLoadBalancer}
+}
+
+// add records sm's claims.
 func (c claims) add(sm *ServiceModel) {
-	for k := range sm.VirtualServers {
-		names := c[k]
-		i, found := slices.BinarySearchFunc(names, sm.Name, compareNames)
+	for k, dvs := range sm.VirtualServers {
+		cl := claimOf(sm, dvs)
+		i, found := slices.BinarySearchFunc(c[k], cl, compareClaims)
 		if !found {
-			c[k] = slices.Insert(names, i, sm.Name)
+			c[k] = slices.Insert(c[k], i, cl)
 		}
 	}
 }
 
-// remove drops sm's claims.
+// remove drops sm's claims (sm as it was added).
 func (c claims) remove(sm *ServiceModel) {
-	for k := range sm.VirtualServers {
-		names := c[k]
-		i, found := slices.BinarySearchFunc(names, sm.Name, compareNames)
+	for k, dvs := range sm.VirtualServers {
+		cls := c[k]
+		i, found := slices.BinarySearchFunc(cls, claimOf(sm, dvs), compareClaims)
 		if !found {
 			continue
 		}
-		if len(names) == 1 {
+		if len(cls) == 1 {
 			delete(c, k)
 			continue
 		}
-		c[k] = slices.Delete(slices.Clone(names), i, i+1)
+		c[k] = slices.Delete(slices.Clone(cls), i, i+1)
 	}
 }
 
@@ -521,7 +550,7 @@ func (c claims) remove(sm *ServiceModel) {
 func (c claims) resolve(sm *ServiceModel) *ServiceModel {
 	var lost []ipvs.VirtualServerKey
 	for k := range sm.VirtualServers {
-		if names := c[k]; len(names) > 0 && names[0] != sm.Name {
+		if cls := c[k]; len(cls) > 0 && cls[0].name != sm.Name {
 			lost = append(lost, k)
 		}
 	}
@@ -549,7 +578,7 @@ func (c claims) resolve(sm *ServiceModel) *ServiceModel {
 	}
 	msgs := make([]string, 0, len(lost))
 	for _, k := range lost {
-		msgs = append(msgs, fmt.Sprintf("virtual server %s is already claimed by service %s", k, c[k][0]))
+		msgs = append(msgs, fmt.Sprintf("virtual server %s is already claimed by service %s", k, c[k][0].name))
 	}
 	out.Err = fmt.Errorf("service %s: %s", sm.Name, strings.Join(msgs, "; "))
 	if sm.Err != nil {

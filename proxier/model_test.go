@@ -220,6 +220,25 @@ func TestServiceTypes(t *testing.T) {
 		},
 		bound: []string{"10.0.0.1", "10.0.0.2", "198.51.100.7"},
 		errs:  map[string]string{"ns/b": "service ns/b: virtual server TCP/198.51.100.7:80 is already claimed by service ns/a"},
+	}, {
+		// The API server accepts any externalIP, another Service's cluster IP too
+		// (CVE-2020-8554): the allocated cluster IP wins even against a name that
+		// sorts first.
+		name: "an externalIP on another Service's cluster IP does not take it",
+		services: []*endpoints.Service{
+			makeService("ns/a-thief", "10.0.0.1", port("http", "TCP", 80), externalIPs("10.0.0.2")),
+			makeService("ns/b-owner", "10.0.0.2", port("http", "TCP", 80)),
+		},
+		eps: map[endpoints.ServicePortName][]*endpoints.Endpoint{
+			spn("ns/a-thief", "http", "TCP"): makeEndpoints("10.1.0.1:8080"),
+			spn("ns/b-owner", "http", "TCP"): makeEndpoints("10.1.0.2:8080"),
+		},
+		paths: []path{
+			{"10.0.0.2", 80, ipvs.TCP, []string{"10.1.0.2:8080 w1"}},
+			{"10.0.0.1", 80, ipvs.TCP, []string{"10.1.0.1:8080 w1"}},
+		},
+		bound: []string{"10.0.0.1", "10.0.0.2"},
+		errs:  map[string]string{"ns/a-thief": "service ns/a-thief: virtual server TCP/10.0.0.2:80 is already claimed by service ns/b-owner"},
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -396,8 +396,8 @@ func (p *Proxier) prepareIncremental(ctx context.Context, snap *endpoints.Snapsh
 		resolveSet[n] = struct{}{}
 	}
 	for k := range touched {
-		for _, n := range p.claims[k] {
-			resolveSet[n] = struct{}{}
+		for _, cl := range p.claims[k] {
+			resolveSet[cl.name] = struct{}{}
 		}
 	}
 	for name := range resolveSet {
