@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -489,4 +491,43 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// TestObservabilityBindAddresses: kipvs started without --metrics-bind-address
+// or --healthz-bind-address (kipvsArgs passes neither) serves /metrics and
+// /status on loopback only, like kube-proxy (127.0.0.1:10249): a connection to
+// the node's address on that port is refused while 127.0.0.1 answers. The
+// health server is on 0.0.0.0:10256, as kube-proxy's, so the node address
+// answers /healthz too (load balancers probe it there).
+func TestObservabilityBindAddresses(t *testing.T) {
+	requireKipvs(t)
+	for _, c := range []struct {
+		addr   string
+		path   string
+		listen bool
+	}{
+		{"127.0.0.1:10249", "/metrics", true},
+		{nodeIP + ":10249", "/metrics", false},
+		{"127.0.0.1:10256", "/healthz", true},
+		{nodeIP + ":10256", "/healthz", true},
+	} {
+		conn, err := net.DialTimeout("tcp", c.addr, 2*time.Second)
+		if !c.listen {
+			if err == nil {
+				conn.Close()
+				t.Errorf("dial %s succeeded: the metrics server listens beyond loopback", c.addr)
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("dial %s: %v, want connection refused", c.addr, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("dial %s: %v, want it to answer", c.addr, err)
+			continue
+		}
+		conn.Close()
+		if code, body := httpGet(t, "http://"+c.addr+c.path); code != http.StatusOK {
+			t.Errorf("GET http://%s%s: %d %.200s, want 200", c.addr, c.path, code, body)
+		}
+	}
 }
