@@ -188,10 +188,18 @@ func stickyMaxAgeSeconds(svc *v1.Service) uint32 {
 	return DefaultStickyMaxAgeSeconds
 }
 
-// externalPolicyLocal is externalTrafficPolicy Local on a type that has external
-// traffic (the API only allows the field on NodePort and LoadBalancer).
+// externalPolicyLocal is externalTrafficPolicy Local on a Service that has
+// external traffic: NodePort, LoadBalancer, or ClusterIP with externalIPs (the
+// API allows the field on those; k8s.io/kubernetes pkg/api/v1/service
+// ExternallyAccessible and ExternalPolicyLocal, which kube-proxy uses).
 func externalPolicyLocal(svc *v1.Service) bool {
-	if svc.Spec.Type != v1.ServiceTypeNodePort && svc.Spec.Type != v1.ServiceTypeLoadBalancer {
+	switch svc.Spec.Type {
+	case v1.ServiceTypeNodePort, v1.ServiceTypeLoadBalancer:
+	case v1.ServiceTypeClusterIP, "":
+		if len(svc.Spec.ExternalIPs) == 0 {
+			return false
+		}
+	default:
 		return false
 	}
 	return svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal

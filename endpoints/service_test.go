@@ -142,6 +142,17 @@ func TestParseService(t *testing.T) {
 			want:   wantService(),
 		},
 		{
+			name: "externalTrafficPolicy Local honoured on ClusterIP with externalIPs",
+			mutate: func(s *v1.Service) {
+				s.Spec.ExternalIPs = []string{"192.0.2.7"}
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			},
+			want: wantService(eachPort(func(p *ServicePort) {
+				p.ExternalIPs = []netip.Addr{addr("192.0.2.7")}
+				p.ExternalPolicyLocal = true
+			})),
+		},
+		{
 			name: "LoadBalancer with externalTrafficPolicy Local gets a health check port",
 			mutate: func(s *v1.Service) {
 				s.Spec.Type = v1.ServiceTypeLoadBalancer
