@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,9 +126,9 @@ func TestSCTPEndpointRemoved(t *testing.T) {
 	if rs, ok := c.realServer(t, key("SCTP", vip), gone); !ok || rs.ActiveConns+rs.InactiveConns == 0 {
 		t.Fatalf("the association to %s is not counted on its real server: %s (present %v)", gone, rsString(rs), ok)
 	}
-	if got := sctpConntrackTo(t, vip, c.pods[gone].IP); len(got) == 0 {
+	if got := conntrackTo(t, "sctp", vip, c.pods[gone].IP); len(got) == 0 {
 		logNetfilterState(t)
-		t.Fatalf("no SCTP conntrack entry to %s through %s before the removal:\n%s", gone, vip, conntrackSCTP(t))
+		t.Fatalf("no SCTP conntrack entry to %s through %s before the removal", gone, vip)
 	}
 
 	t.Logf("association answered by %s; removing %s", gone, gone)
@@ -143,7 +141,7 @@ func TestSCTPEndpointRemoved(t *testing.T) {
 		t.Errorf("the SCTP real server of %s is still there after the sync: %s", gone, rsString(rs))
 	}
 	c.waitTable(t, table(entry(key("SCTP", vip), c.backends(echoPort, 1, keep))))
-	if got := sctpConntrackTo(t, vip, c.pods[gone].IP); len(got) > 0 {
+	if got := conntrackTo(t, "sctp", vip, c.pods[gone].IP); len(got) > 0 {
 		t.Errorf("SCTP conntrack entries to the removed %s remain:\n%s", gone, strings.Join(got, "\n"))
 	}
 	if got := p.LastSync(); got.Err != nil {
@@ -151,41 +149,4 @@ func TestSCTPEndpointRemoved(t *testing.T) {
 	}
 	// A new association goes to the endpoint left.
 	waitAnswering(t, client, netpod.SCTP, vip, keep)
-}
-
-// conntrackSCTP returns `conntrack -L -p sctp`.
-func conntrackSCTP(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("conntrack", "-L", "-p", "sctp").Output()
-	if err != nil {
-		t.Fatalf("conntrack -L -p sctp: %v", err)
-	}
-	return string(out)
-}
-
-// sctpConntrackTo returns the SCTP conntrack entries whose original
-// destination is vip and whose reply comes from backend.
-func sctpConntrackTo(t *testing.T, vip netip.AddrPort, backend netip.Addr) []string {
-	t.Helper()
-	var out []string
-	for line := range strings.Lines(conntrackSCTP(t)) {
-		f := strings.Fields(line)
-		var src, dst, dport []string
-		for _, w := range f {
-			switch k, v, _ := strings.Cut(w, "="); k {
-			case "src":
-				src = append(src, v)
-			case "dst":
-				dst = append(dst, v)
-			case "dport":
-				dport = append(dport, v)
-			}
-		}
-		// Original direction first, then the reply.
-		if len(src) == 2 && len(dst) >= 1 && len(dport) >= 1 && dst[0] == vip.Addr().String() &&
-			dport[0] == strconv.Itoa(int(vip.Port())) && src[1] == backend.String() {
-			out = append(out, strings.TrimSpace(line))
-		}
-	}
-	return out
 }
