@@ -167,3 +167,19 @@ func TestNetfilterShortCircuit(t *testing.T) {
 		t.Errorf("policy Cluster: set %v, fwmark servers %q; want both empty", got, fw.DumpText())
 	}
 }
+
+// TestFwmarkServerEqualIgnoresProtocol: a fwmark server as the kernel lists it
+// (no protocol) equals the wanted one, or every full resync rewrites it.
+func TestFwmarkServerEqualIgnoresProtocol(t *testing.T) {
+	rs := []ipvs.RealServerKey{rsKey("10.244.0.5:8080")}
+	want := FwmarkServer{Mark: ShortCircuitMark(spn("ns/web", "http", "TCP"), false), Protocol: ipvs.TCP, Scheduler: "rr", RealServers: rs}
+	listed := want
+	listed.Protocol = ""
+	if !want.equal(listed) {
+		t.Errorf("%s as listed by the kernel (%s) is not equal to it", want, listed)
+	}
+	listed.Scheduler = "wrr"
+	if want.equal(listed) {
+		t.Errorf("%s equals %s", want, listed)
+	}
+}
