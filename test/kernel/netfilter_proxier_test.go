@@ -80,7 +80,9 @@ func (c *cluster) startNF(cfg proxier.Config, opts ...proxier.Option) *runningPr
 	ctx, cancel := context.WithCancel(testContext(t))
 	p := &runningProxier{Proxier: proxier.New(cfg, c.state, c.ipvs, proxier.NewNetlinkAddresses(), clock.RealClock{}, opts...),
 		cancel: cancel, done: make(chan struct{})}
-	k.IPv6 = nil // these tests are IPv4; TestNetfilterRuleCount covers ip6tables
+	// These tests are IPv4; TestIPv6Netfilter (traffic) and
+	// TestNetfilterRuleCount (ip6tables-save) cover the ip6tables side.
+	k.IPv6 = nil
 	p.UseNetfilter(k)
 	if err := p.Setup(ctx); err != nil {
 		cancel()
@@ -324,38 +326,84 @@ func TestNetfilterSysctls(t *testing.T) {
 	}
 }
 
-// TestNetfilterRuleCount: `iptables-save | grep -c KIPVS` is the same with 10
-// and with 5,000 Services, and an unchanged full resync writes nothing. The
+// ruleCountService is Service i of TestNetfilterRuleCount: every fifth one
+// IPv6, the others IPv4; by i%8 a ClusterIP, a NodePort with
+// externalTrafficPolicy Cluster or Local, or a LoadBalancer (without NodePort)
+// with policy Cluster or Local.
+func ruleCountService(i int) *v1.Service {
+	v6 := i%5 == 4
+	ip := netip.AddrFrom4([4]byte{10, 100, byte(i / 250), byte(i%250 + 1)})
+	lb := netip.AddrFrom4([4]byte{10, 200, byte(i / 250), byte(i%250 + 1)})
+	if v6 {
+		ip = netip.AddrFrom16([16]byte{0xfd, 0, 1, 0, 14: byte(i >> 8), 15: byte(i)})
+		lb = netip.AddrFrom16([16]byte{0xfd, 0, 2, 0, 14: byte(i >> 8), 15: byte(i)})
+	}
+	port := svcPort("http", v1.ProtocolTCP, 80, 0)
+	var opts []svcOption
+	policy := func(p v1.ServiceExternalTrafficPolicy) svcOption {
+		return func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = p }
+	}
+	loadBalancer := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.AllocateLoadBalancerNodePorts = new(false)
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lb.String()}}
+	}
+	switch i % 8 {
+	case 1, 5: // odd i: NodePorts 30000 + i/2, unique up to i = 5,534
+		port.NodePort = int32(30000 + i/2)
+		opts = append(opts, nodePortType, policy(v1.ServiceExternalTrafficPolicyCluster))
+	case 3, 7:
+		port.NodePort = int32(30000 + i/2)
+		opts = append(opts, nodePortType, policy(v1.ServiceExternalTrafficPolicyLocal))
+	case 2:
+		opts = append(opts, loadBalancer, policy(v1.ServiceExternalTrafficPolicyCluster))
+	case 6:
+		opts = append(opts, loadBalancer, policy(v1.ServiceExternalTrafficPolicyLocal))
+	}
+	svc := makeService("s"+strconv.Itoa(i), ip.String(), []v1.ServicePort{port}, opts...)
+	if v6 {
+		svc.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
+	}
+	return svc
+}
+
+// TestNetfilterRuleCount: `iptables-save | grep -c KIPVS` and the same for
+// ip6tables-save are the same with 10 and with 5,000 Services (a mix of
+// ClusterIP, NodePort and LoadBalancer, externalTrafficPolicy Cluster and
+// Local, IPv4 and IPv6), and an unchanged full resync writes nothing. The
 // Services go straight into the model's source; IPVS and the dummy link are
 // fakes, the ipsets and iptables are the kernel's.
 func TestNetfilterRuleCount(t *testing.T) {
 	cfg := defaultConfig()
-	cfg.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	cfg.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd10:244::/56")}
 	cfg.SyncPeriod = time.Nanosecond // every sync is full
 	state := endpoints.NewState(nodeName)
 	state.SetSynced()
-	// The node needs an IPv4 address, or the model skips IPv4 virtual servers.
-	addrs, err := proxier.NewFakeAddressesFromText("eth0: 192.168.1.10\n")
+	// The node needs an address of each family, or the model skips that
+	// family's virtual servers.
+	addrs, err := proxier.NewFakeAddressesFromText("eth0: 192.168.1.10 2001:db8::10\n")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := proxier.New(cfg, state, ipvs.NewFake(), addrs, clock.RealClock{})
-	p.UseNetfilter(netfilterKernel(t))
+	k := netfilterKernel(t)
+	if k.IPv6 == nil {
+		t.Fatal("ip6tables is not usable in the VM")
+	}
+	p.UseNetfilter(k)
 	ctx := testContext(t)
 	if err := p.Setup(ctx); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
 	addServices := func(from, to int) {
 		for i := from; i < to; i++ {
-			ip := netip.AddrFrom4([4]byte{10, 100, byte(i / 250), byte(i%250 + 1)})
-			state.OnServiceUpdate(nil, makeService("s"+strconv.Itoa(i), ip.String(),
-				[]v1.ServicePort{svcPort("http", v1.ProtocolTCP, 80, 0)}))
+			state.OnServiceUpdate(nil, ruleCountService(i))
 		}
 	}
-	count := func() int {
-		out, err := exec.Command("iptables-save").Output()
+	count := func(cmd string) int {
+		out, err := exec.Command(cmd).Output()
 		if err != nil {
-			t.Fatalf("iptables-save: %v", err)
+			t.Fatalf("%s: %v", cmd, err)
 		}
 		return strings.Count(string(out), "KIPVS")
 	}
@@ -366,22 +414,38 @@ func TestNetfilterRuleCount(t *testing.T) {
 		}
 		res := p.LastNetfilterSync()
 		t.Logf("%s: %s, %+v", what, time.Since(start).Round(time.Millisecond), res)
+		if errs := p.LastSync().ServiceErrors; len(errs) > 0 {
+			t.Fatalf("%s: Service errors: %v", what, errs)
+		}
 		return res
 	}
 	addServices(0, 10)
 	sync("10 Services")
-	n10 := count()
+	n10, n10v6 := count("iptables-save"), count("ip6tables-save")
+	t.Logf("10 Services: iptables-save mentions KIPVS %d times, ip6tables-save %d", n10, n10v6)
 	if res := sync("unchanged full resync"); res.Writes() != 0 || !res.Full {
 		t.Errorf("unchanged full resync: %+v, want a full sync with 0 writes", res)
 	}
 	addServices(10, 5000)
 	sync("5,000 Services")
-	if n := count(); n != n10 || n10 == 0 {
+	if n := count("iptables-save"); n != n10 || n10 == 0 {
 		t.Errorf("iptables-save mentions KIPVS %d times with 5,000 Services, %d with 10", n, n10)
 	}
-	typ, entries, err := proxier.NewNetlinkIpset().List(ctx, proxier.SetName(proxier.SetClusterIP, false))
-	if err != nil || typ != proxier.SetTypeHashIPPort || len(entries) != 5000 {
-		t.Errorf("KIPVS-CLUSTER-IP: type %q, %d entries, %v; want hash:ip,port with 5000", typ, len(entries), err)
+	if n := count("ip6tables-save"); n != n10v6 || n10v6 == 0 {
+		t.Errorf("ip6tables-save mentions KIPVS %d times with 5,000 Services, %d with 10", n, n10v6)
+	}
+	for _, set := range []struct {
+		id   proxier.SetID
+		v6   bool
+		want int
+	}{
+		{proxier.SetClusterIP, false, 4000}, {proxier.SetClusterIP, true, 1000},
+	} {
+		name := proxier.SetName(set.id, set.v6)
+		typ, entries, err := proxier.NewNetlinkIpset().List(ctx, name)
+		if err != nil || typ != proxier.SetTypeHashIPPort || len(entries) != set.want {
+			t.Errorf("%s: type %q, %d entries, %v; want hash:ip,port with %d", name, typ, len(entries), err, set.want)
+		}
 	}
 	if res := sync("unchanged full resync at 5,000"); res.Writes() != 0 {
 		t.Errorf("unchanged full resync at 5,000 Services: %+v, want 0 writes", res)
