@@ -391,6 +391,9 @@ func TestNetfilterRuleCount(t *testing.T) {
 		t.Fatal("ip6tables is not usable in the VM")
 	}
 	p.UseNetfilter(k)
+	// The fwmark virtual servers of the ETP-Local Services (the LB IP
+	// short-circuit) are the real kernel's: remove them for the next test.
+	t.Cleanup(func() { flushKernel(t) })
 	ctx := testContext(t)
 	if err := p.Setup(ctx); err != nil {
 		t.Fatalf("Setup: %v", err)
