@@ -36,6 +36,7 @@ type options struct {
 	minSync   time.Duration
 	eps       int
 	logDir    string
+	merge     string
 }
 
 var allProxies = []string{results.Kipvs, results.KubeProxyIPVS, results.KubeProxyNFTables, results.KubeProxyIPTables}
@@ -58,6 +59,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.DurationVar(&o.stream, "stream", 5*time.Second, "duration of each throughput stream")
 	fs.DurationVar(&o.minSync, "min-sync-period", time.Second, "minimum sync period given to every proxy (kube-proxy's default)")
 	fs.IntVar(&o.eps, "endpoints", 10, "endpoints per Service")
+	fs.StringVar(&o.merge, "merge", "", "an earlier results file: this run's measurements replace its ones of the same scenario, proxy, scale and metric, the rest are kept (e.g. re-run -proxies kipvs after a change)")
 	fs.StringVar(&o.logDir, "logdir", "", "directory for the VM console logs (default: a new temporary directory)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -37,6 +37,7 @@ type runner struct {
 	modules      string
 	agg          *record.Aggregator
 	file         *results.File
+	base         *results.File // -merge
 	start        time.Time
 	logDir       string
 	mu           sync.Mutex
@@ -45,6 +46,12 @@ type runner struct {
 
 func run(ctx context.Context, o *options, command string) error {
 	r := &runner{o: o, agg: record.NewAggregator(o.eps), start: time.Now()}
+	if o.merge != "" {
+		var err error
+		if r.base, err = results.Read(o.merge); err != nil {
+			return fmt.Errorf("-merge: %w", err)
+		}
+	}
 	if reason, ok := apiserver.Available(); !ok {
 		return errors.New(reason)
 	}
@@ -245,6 +252,9 @@ func (r *runner) write() error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+	}
+	if r.base != nil {
+		return results.Write(r.o.out, mergeInto(r.base, r.file))
 	}
 	return results.Write(r.o.out, r.file)
 }
