@@ -68,10 +68,12 @@ bench-micro:
 	mv docs/bench/gobench.txt.tmp docs/bench/gobench.txt
 
 ## bench-report: BENCHMARKS.md and docs/bench/*.png from docs/bench/results.json
-## (and the micro-benchmarks from docs/bench/gobench.txt when it exists)
+## (and the micro-benchmarks from docs/bench/gobench.txt and a person's analysis of
+## the figures from docs/bench/analysis.md, when they exist)
 bench-report:
 	$(GO) run ./test/bench/cmd/report -in docs/bench/results.json -md BENCHMARKS.md -plots docs/bench \
-		$(if $(wildcard docs/bench/gobench.txt),-gobench docs/bench/gobench.txt)
+		$(if $(wildcard docs/bench/gobench.txt),-gobench docs/bench/gobench.txt) \
+		$(if $(wildcard docs/bench/analysis.md),-analysis docs/bench/analysis.md)
 
 ## image-binary: the static Linux kipvs the container image ships, in bin/
 ## (the Dockerfile runs it; GOARCH=arm64 etc. cross-compiles)

@@ -19,6 +19,11 @@ type Options struct {
 	// GoBench are the `go test -bench` results for the Micro-benchmarks
 	// section, which is left out when it is empty.
 	GoBench *GoBench
+	// Analysis is Markdown written by a person about these figures (why a
+	// target is missed, what the profile shows), put after the Targets
+	// section under "Analysis" with a line naming its file AnalysisSource;
+	// left out when empty.
+	Analysis, AnalysisSource string
 }
 
 // Markdown renders BENCHMARKS.md from f.
@@ -37,6 +42,10 @@ func Markdown(f *results.File, opt Options) string {
 		"\"> cap\" is a run stopped at the cap; \"≥ … (capped)\" is a count taken until the cap. " +
 		"Ratios are kipvs's median over the peer's: absolute times under emulation mean little, ratios on the same kernel do.\n\n")
 	writeTargets(&b, Targets(f))
+	if a := strings.TrimSpace(opt.Analysis); a != "" {
+		fmt.Fprintf(&b, "## Analysis\n\n_Written by hand in `%s` about this run's figures and included as it is._\n\n%s\n\n",
+			opt.AnalysisSource, a)
+	}
 	plots := PlotSpecs(f)
 	b.WriteString("## Scenarios\n\n")
 	for i := range f.Scenarios {

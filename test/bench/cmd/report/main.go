@@ -19,14 +19,15 @@ func main() {
 	md := flag.String("md", "BENCHMARKS.md", "Markdown file to write")
 	plots := flag.String("plots", "docs/bench", "directory for the PNG plots")
 	gobench := flag.String("gobench", "", "optional `go test -bench -benchmem` output for the Micro-benchmarks section")
+	analysis := flag.String("analysis", "", "optional Markdown file with a person's analysis of the figures (docs/bench/analysis.md)")
 	flag.Parse()
-	if err := run(*in, *md, *plots, *gobench); err != nil {
+	if err := run(*in, *md, *plots, *gobench, *analysis); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
 	}
 }
 
-func run(in, md, plotDir, gobench string) error {
+func run(in, md, plotDir, gobench, analysis string) error {
 	f, err := results.Read(in)
 	if err != nil {
 		return err
@@ -42,6 +43,13 @@ func run(in, md, plotDir, gobench string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", gobench, err)
 		}
+	}
+	if analysis != "" {
+		a, err := os.ReadFile(analysis)
+		if err != nil {
+			return err
+		}
+		opt.Analysis, opt.AnalysisSource = string(a), filepath.ToSlash(analysis)
 	}
 	rel, err := filepath.Rel(filepath.Dir(md), plotDir)
 	if err != nil {

@@ -29,15 +29,19 @@ func TestRun(t *testing.T) {
 	if err := os.WriteFile(gobench, []byte("pkg: x\nBenchmarkA-2  5  100 ns/op  0 B/op  0 allocs/op\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	analysis := filepath.Join(dir, "analysis.md")
+	if err := os.WriteFile(analysis, []byte("The profile shows X.\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	md := filepath.Join(dir, "BENCHMARKS.md")
-	if err := run(in, md, filepath.Join(dir, "docs", "bench"), gobench); err != nil {
+	if err := run(in, md, filepath.Join(dir, "docs", "bench"), gobench, analysis); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(md)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"](docs/bench/cold-start.png)", "`make bench`", "| 1,000 × 10 | 3.00 s |", "`BenchmarkA`"} {
+	for _, want := range []string{"](docs/bench/cold-start.png)", "`make bench`", "| 1,000 × 10 | 3.00 s |", "`BenchmarkA`", "## Analysis", "The profile shows X."} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("BENCHMARKS.md lacks %q:\n%s", want, b)
 		}
@@ -54,7 +58,7 @@ func TestRun(t *testing.T) {
 
 func TestRunMissingInput(t *testing.T) {
 	dir := t.TempDir()
-	if err := run(filepath.Join(dir, "none.json"), filepath.Join(dir, "B.md"), dir, ""); err == nil {
+	if err := run(filepath.Join(dir, "none.json"), filepath.Join(dir, "B.md"), dir, "", ""); err == nil {
 		t.Error("run with a missing results file succeeded")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "B.md")); !os.IsNotExist(err) {
