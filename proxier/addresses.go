@@ -37,19 +37,63 @@ type Addresses interface {
 // for its addresses exist regardless, and the link being down keeps the kernel
 // from answering ARP for VIPs on its own), and every VIP is a host address (/32
 // or /128, netlink.NewIPNet) with the kernel's default scope.
-type NetlinkAddresses struct{}
+//
+// The zero value (NewNetlinkAddresses) opens a netlink socket per request;
+// OpenNetlinkAddresses keeps one open, which a proxier adding thousands of
+// VIPs wants (see NetlinkIpset).
+type NetlinkAddresses struct {
+	mu sync.Mutex // guards closing against use
+	h  *netlink.Handle
+}
 
-// NewNetlinkAddresses returns the rtnetlink implementation of Addresses.
+// NewNetlinkAddresses returns the rtnetlink implementation of Addresses with
+// a socket per request: for short-lived uses (tests, cleanup).
 func NewNetlinkAddresses() *NetlinkAddresses { return &NetlinkAddresses{} }
+
+// OpenNetlinkAddresses opens a long-lived NETLINK_ROUTE socket in the
+// network namespace of the calling thread. Close releases it.
+func OpenNetlinkAddresses() (*NetlinkAddresses, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("opening a route netlink socket: %w", err)
+	}
+	if err := h.SetSocketTimeout(timevalDuration(netlinkSocketTimeout)); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("setting the route netlink socket timeout: %w", err)
+	}
+	return &NetlinkAddresses{h: h}, nil
+}
+
+// Close closes the socket OpenNetlinkAddresses opened; later requests open a
+// socket each, as the zero value does.
+func (n *NetlinkAddresses) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.h != nil {
+		n.h.Close()
+		n.h = nil
+	}
+	return nil
+}
+
+// handle returns the long-lived handle, or a zero Handle (a socket per request).
+func (n *NetlinkAddresses) handle() *netlink.Handle {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.h == nil {
+		return perRequestHandle
+	}
+	return n.h
+}
 
 var _ Addresses = (*NetlinkAddresses)(nil)
 
 // EnsureLink implements Addresses.
-func (*NetlinkAddresses) EnsureLink(ctx context.Context, name string) error {
+func (n *NetlinkAddresses) EnsureLink(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	l, err := netlink.LinkByName(name)
+	l, err := n.handle().LinkByName(name)
 	if err == nil {
 		if l.Type() != "dummy" {
 			return fmt.Errorf("link %s exists with type %s, want dummy", name, l.Type())
@@ -60,22 +104,22 @@ func (*NetlinkAddresses) EnsureLink(ctx context.Context, name string) error {
 	if !errors.As(err, &nf) {
 		return fmt.Errorf("looking up link %s: %w", name, err)
 	}
-	if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := n.handle().LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("creating dummy link %s: %w", name, err)
 	}
 	return nil
 }
 
 // List implements Addresses.
-func (*NetlinkAddresses) List(ctx context.Context, link string) ([]netip.Addr, error) {
+func (n *NetlinkAddresses) List(ctx context.Context, link string) ([]netip.Addr, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l, err := netlink.LinkByName(link)
+	l, err := n.handle().LinkByName(link)
 	if err != nil {
 		return nil, fmt.Errorf("looking up link %s: %w", link, err)
 	}
-	addrs, err := addrList(l)
+	addrs, err := n.addrList(l)
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses of %s: %w", link, err)
 	}
@@ -90,11 +134,11 @@ func (*NetlinkAddresses) List(ctx context.Context, link string) ([]netip.Addr, e
 
 // addrList lists addresses (of every link when l is nil), retrying a dump that
 // the kernel interrupted because addresses changed meanwhile.
-func addrList(l netlink.Link) ([]netlink.Addr, error) {
+func (n *NetlinkAddresses) addrList(l netlink.Link) ([]netlink.Addr, error) {
 	var err error
 	for range 3 {
 		var addrs []netlink.Addr
-		addrs, err = netlink.AddrList(l, netlink.FAMILY_ALL)
+		addrs, err = n.handle().AddrList(l, netlink.FAMILY_ALL)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return addrs, err
 		}
@@ -103,30 +147,30 @@ func addrList(l netlink.Link) ([]netlink.Addr, error) {
 }
 
 // Add implements Addresses.
-func (*NetlinkAddresses) Add(ctx context.Context, link string, a netip.Addr) error {
+func (n *NetlinkAddresses) Add(ctx context.Context, link string, a netip.Addr) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	l, err := netlink.LinkByName(link)
+	l, err := n.handle().LinkByName(link)
 	if err != nil {
 		return fmt.Errorf("looking up link %s: %w", link, err)
 	}
-	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: netlink.NewIPNet(net.IP(a.AsSlice()))}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := n.handle().AddrAdd(l, &netlink.Addr{IPNet: netlink.NewIPNet(net.IP(a.AsSlice()))}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("adding %s to %s: %w", a, link, err)
 	}
 	return nil
 }
 
 // Delete implements Addresses.
-func (*NetlinkAddresses) Delete(ctx context.Context, link string, a netip.Addr) error {
+func (n *NetlinkAddresses) Delete(ctx context.Context, link string, a netip.Addr) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	l, err := netlink.LinkByName(link)
+	l, err := n.handle().LinkByName(link)
 	if err != nil {
 		return fmt.Errorf("looking up link %s: %w", link, err)
 	}
-	err = netlink.AddrDel(l, &netlink.Addr{IPNet: netlink.NewIPNet(net.IP(a.AsSlice()))})
+	err = n.handle().AddrDel(l, &netlink.Addr{IPNet: netlink.NewIPNet(net.IP(a.AsSlice()))})
 	// IPv4 reports EADDRNOTAVAIL for an absent address, older kernels ENXIO (kube-proxy ignores it too).
 	if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("deleting %s from %s: %w", a, link, err)
@@ -136,13 +180,13 @@ func (*NetlinkAddresses) Delete(ctx context.Context, link string, a netip.Addr) 
 
 // NodeIPs implements Addresses with a single address dump, so that the many VIPs
 // on the dummy link are read once and dropped, not once per link.
-func (*NetlinkAddresses) NodeIPs(ctx context.Context, exclude string) ([]netip.Addr, error) {
+func (n *NetlinkAddresses) NodeIPs(ctx context.Context, exclude string) ([]netip.Addr, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	skip := -1
 	if exclude != "" {
-		l, err := netlink.LinkByName(exclude)
+		l, err := n.handle().LinkByName(exclude)
 		var nf netlink.LinkNotFoundError
 		switch {
 		case err == nil:
@@ -151,7 +195,7 @@ func (*NetlinkAddresses) NodeIPs(ctx context.Context, exclude string) ([]netip.A
 			return nil, fmt.Errorf("looking up link %s: %w", exclude, err)
 		}
 	}
-	addrs, err := addrList(nil)
+	addrs, err := n.addrList(nil)
 	if err != nil {
 		return nil, fmt.Errorf("listing local addresses: %w", err)
 	}

@@ -283,11 +283,11 @@ func (f *FakeIptables) DeleteChain(ctx context.Context, table, chain string) err
 }
 
 // Names implements IpsetCleaner.
-func (*NetlinkIpset) Names(ctx context.Context) ([]string, error) {
+func (s *NetlinkIpset) Names(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	all, err := netlink.IpsetListAll()
+	all, err := s.handle().IpsetListAll()
 	if err != nil {
 		return nil, fmt.Errorf("listing ipsets: %w", err)
 	}
@@ -300,11 +300,11 @@ func (*NetlinkIpset) Names(ctx context.Context) ([]string, error) {
 }
 
 // Destroy implements IpsetCleaner.
-func (*NetlinkIpset) Destroy(ctx context.Context, name string) error {
+func (s *NetlinkIpset) Destroy(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := netlink.IpsetDestroy(name); err != nil {
+	if err := s.handle().IpsetDestroy(name); err != nil {
 		return fmt.Errorf("destroying ipset %s: %w", name, ipsetError(err))
 	}
 	return nil
@@ -337,11 +337,11 @@ func (f *FakeIpset) Destroy(ctx context.Context, name string) error {
 }
 
 // LinkExists implements LinkCleaner.
-func (*NetlinkAddresses) LinkExists(ctx context.Context, name string) (bool, error) {
+func (n *NetlinkAddresses) LinkExists(ctx context.Context, name string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	_, err := netlink.LinkByName(name)
+	_, err := n.handle().LinkByName(name)
 	var nf netlink.LinkNotFoundError
 	switch {
 	case err == nil:
@@ -353,11 +353,11 @@ func (*NetlinkAddresses) LinkExists(ctx context.Context, name string) (bool, err
 }
 
 // DeleteLink implements LinkCleaner.
-func (*NetlinkAddresses) DeleteLink(ctx context.Context, name string) error {
+func (n *NetlinkAddresses) DeleteLink(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	l, err := netlink.LinkByName(name)
+	l, err := n.handle().LinkByName(name)
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) {
 		return nil
@@ -368,7 +368,7 @@ func (*NetlinkAddresses) DeleteLink(ctx context.Context, name string) error {
 	if l.Type() != "dummy" {
 		return fmt.Errorf("link %s has type %s, not dummy: not deleting it", name, l.Type())
 	}
-	if err := netlink.LinkDel(l); err != nil {
+	if err := n.handle().LinkDel(l); err != nil {
 		return fmt.Errorf("deleting link %s: %w", name, err)
 	}
 	return nil

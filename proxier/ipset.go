@@ -229,16 +229,10 @@ type Ipset interface {
 	Del(ctx context.Context, set string, e IPSetEntry) error
 }
 
-// NetlinkIpset implements Ipset over the ipset netlink protocol (nfnetlink).
-type NetlinkIpset struct{}
-
 var _ Ipset = (*NetlinkIpset)(nil)
 
-// NewNetlinkIpset returns the netlink implementation of Ipset.
-func NewNetlinkIpset() *NetlinkIpset { return &NetlinkIpset{} }
-
 // Create implements Ipset.
-func (*NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
+func (s *NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -254,21 +248,21 @@ func (*NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
 		secs := timeoutSeconds(spec.Timeout)
 		opts.Timeout = &secs
 	}
-	if err := netlink.IpsetCreate(spec.Name, spec.Type, opts); err != nil {
+	if err := s.handle().IpsetCreate(spec.Name, spec.Type, opts); err != nil {
 		return fmt.Errorf("creating ipset %s (%s): %w", spec.Name, spec.Type, ipsetError(err))
 	}
 	return nil
 }
 
 // List implements Ipset.
-func (*NetlinkIpset) List(ctx context.Context, name string) (string, []IPSetEntry, error) {
+func (s *NetlinkIpset) List(ctx context.Context, name string) (string, []IPSetEntry, error) {
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
 	}
 	if skbinfoSet(name) {
-		return listSkbinfo(name)
+		return s.listSkbinfo(name)
 	}
-	res, err := netlink.IpsetList(name)
+	res, err := s.handle().IpsetList(name)
 	if err != nil {
 		return "", nil, fmt.Errorf("listing ipset %s: %w", name, ipsetError(err))
 	}
@@ -284,20 +278,20 @@ func (*NetlinkIpset) List(ctx context.Context, name string) (string, []IPSetEntr
 }
 
 // Add implements Ipset.
-func (*NetlinkIpset) Add(ctx context.Context, set string, e IPSetEntry) error {
+func (s *NetlinkIpset) Add(ctx context.Context, set string, e IPSetEntry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	var err error
 	switch {
 	case e.Mark != 0:
-		err = addSkbmark(set, e)
+		err = s.addSkbmark(set, e)
 	case !e.IP.IsValid():
-		err = bitmapPortAddDel(nl.IPSET_CMD_ADD, set, e.Port)
+		err = s.bitmapPortAddDel(nl.IPSET_CMD_ADD, set, e.Port)
 	default:
 		ne := entryToNetlink(e)
 		ne.Replace = true // no NLM_F_EXCL: an existing entry is not an error
-		err = netlink.IpsetAdd(set, ne)
+		err = s.handle().IpsetAdd(set, ne)
 	}
 	if err != nil {
 		return fmt.Errorf("adding %s to ipset %s: %w", e, set, ipsetError(err))
@@ -306,17 +300,17 @@ func (*NetlinkIpset) Add(ctx context.Context, set string, e IPSetEntry) error {
 }
 
 // Del implements Ipset.
-func (*NetlinkIpset) Del(ctx context.Context, set string, e IPSetEntry) error {
+func (s *NetlinkIpset) Del(ctx context.Context, set string, e IPSetEntry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	var err error
 	if !e.IP.IsValid() {
-		err = bitmapPortAddDel(nl.IPSET_CMD_DEL, set, e.Port)
+		err = s.bitmapPortAddDel(nl.IPSET_CMD_DEL, set, e.Port)
 	} else {
 		ne := entryToNetlink(e)
 		ne.Replace = true // no NLM_F_EXCL: an absent entry is not an error
-		err = netlink.IpsetDel(set, ne)
+		err = s.handle().IpsetDel(set, ne)
 	}
 	if err != nil {
 		return fmt.Errorf("deleting %s from ipset %s: %w", e, set, ipsetError(err))
@@ -412,20 +406,13 @@ func entryFromNetlink(typ string, ne *netlink.IPSetEntry) (IPSetEntry, error) {
 // kernels since 5.2 parse ipset attributes strictly: bitmap:port has no
 // protocol in its policy, so its IpsetAdd fails with IPSET_ERR_PROTOCOL
 // ("invalid protocol"; seen on 6.1). This request carries only the port.
-func bitmapPortAddDel(cmd int, set string, port uint16) error {
-	req := nl.NewNetlinkRequest(cmd|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(cmd))
-	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
-	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
-	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(set)))
+func (s *NetlinkIpset) bitmapPortAddDel(cmd int, set string, port uint16) error {
+	req := ipsetRequest(cmd, nl.GetIpsetFlags(cmd), set)
 	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
 	buf := make([]byte, 2)
 	binary.BigEndian.PutUint16(buf, port)
 	data.AddChild(nl.NewRtAttr(int(nl.IPSET_ATTR_PORT|nl.NLA_F_NET_BYTEORDER), buf))
 	req.AddData(data)
-	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
-	var errno syscall.Errno
-	if errors.As(err, &errno) && int(errno) >= nl.IPSET_ERR_PRIVATE {
-		return nl.IPSetError(uintptr(errno))
-	}
+	_, err := s.exec(req)
 	return err
 }

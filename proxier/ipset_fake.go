@@ -83,7 +83,10 @@ func (f *FakeIpset) withTimeout(s *fakeSet, e IPSetEntry) IPSetEntry {
 	return e
 }
 
-var _ Ipset = (*FakeIpset)(nil)
+var (
+	_ Ipset        = (*FakeIpset)(nil)
+	_ IpsetBatcher = (*FakeIpset)(nil)
+)
 
 // NewFakeIpset returns a FakeIpset with no sets.
 func NewFakeIpset() *FakeIpset {
@@ -294,6 +297,17 @@ func (f *FakeIpset) List(_ context.Context, name string) (string, []IPSetEntry, 
 // there with a timeout sets its timeout anew, as `ipset -exist add` does.
 func (f *FakeIpset) Add(_ context.Context, set string, e IPSetEntry) error {
 	return f.change(set, e, true)
+}
+
+// AddEntries implements IpsetBatcher as the kernel does: the entries are
+// added in order up to the first that fails, whose error is returned.
+func (f *FakeIpset) AddEntries(_ context.Context, set string, entries []IPSetEntry) error {
+	for _, e := range entries {
+		if err := f.change(set, e, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Del implements Ipset.

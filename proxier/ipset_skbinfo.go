@@ -2,14 +2,11 @@ package proxier
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
-	"syscall"
 
 	"github.com/vishvananda/netlink/nl"
-	"golang.org/x/sys/unix"
 )
 
 // Sets with the skbinfo extension need requests of their own:
@@ -27,28 +24,9 @@ func skbinfoSet(name string) bool {
 	return false
 }
 
-// ipsetRequest starts an ipset netlink request for set.
-func ipsetRequest(cmd int, flags int, set string) *nl.NetlinkRequest {
-	req := nl.NewNetlinkRequest(cmd|(unix.NFNL_SUBSYS_IPSET<<8), flags)
-	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
-	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
-	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(set)))
-	return req
-}
-
-// ipsetExec runs req and maps ipset's private error numbers to their names.
-func ipsetExec(req *nl.NetlinkRequest) ([][]byte, error) {
-	msgs, err := req.Execute(unix.NETLINK_NETFILTER, 0)
-	var errno syscall.Errno
-	if errors.As(err, &errno) && int(errno) >= nl.IPSET_ERR_PRIVATE {
-		return nil, nl.IPSetError(uintptr(errno))
-	}
-	return msgs, err
-}
-
 // addSkbmark adds (or, without NLM_F_EXCL, replaces) a hash:ip,port entry
 // with its skbinfo mark and mask 0xffffffff.
-func addSkbmark(set string, e IPSetEntry) error {
+func (s *NetlinkIpset) addSkbmark(set string, e IPSetEntry) error {
 	req := ipsetRequest(nl.IPSET_CMD_ADD, nl.GetIpsetFlags(nl.IPSET_CMD_ADD), set)
 	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
 	ip := nl.NewRtAttr(nl.IPSET_ATTR_IP|int(nl.NLA_F_NESTED), nil)
@@ -66,14 +44,14 @@ func addSkbmark(set string, e IPSetEntry) error {
 	binary.BigEndian.PutUint64(mark, uint64(e.Mark)<<32|0xffffffff)
 	data.AddChild(nl.NewRtAttr(int(nl.IPSET_ATTR_SKBMARK|nl.NLA_F_NET_BYTEORDER), mark))
 	req.AddData(data)
-	_, err := ipsetExec(req)
+	_, err := s.exec(req)
 	return err
 }
 
 // listSkbinfo lists a hash:ip,port set with skbinfo marks.
-func listSkbinfo(name string) (string, []IPSetEntry, error) {
+func (s *NetlinkIpset) listSkbinfo(name string) (string, []IPSetEntry, error) {
 	req := ipsetRequest(nl.IPSET_CMD_LIST, nl.GetIpsetFlags(nl.IPSET_CMD_LIST), name)
-	msgs, err := ipsetExec(req)
+	msgs, err := s.exec(req)
 	if err != nil {
 		return "", nil, fmt.Errorf("listing ipset %s: %w", name, ipsetError(err))
 	}

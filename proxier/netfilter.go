@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"runtime"
 	"slices"
@@ -46,7 +47,11 @@ func NewNetfilterKernel(ctx context.Context) (NetfilterKernel, string, error) {
 	if err != nil {
 		return NetfilterKernel{}, "", err
 	}
-	k := NetfilterKernel{Sysctl: NewProcSysctl(), Ipset: NewNetlinkIpset(), IPv4: v4}
+	sets, err := OpenNetlinkIpset()
+	if err != nil {
+		return NetfilterKernel{}, "", err
+	}
+	k := NetfilterKernel{Sysctl: NewProcSysctl(), Ipset: sets, IPv4: v4}
 	msg := fmt.Sprintf("iptables backend %s: %s", mode, reason)
 	if fw, err := NewMobyFwmarkIPVS(); err == nil {
 		k.Fwmark = fw
@@ -59,6 +64,14 @@ func NewNetfilterKernel(ctx context.Context) (NetfilterKernel, string, error) {
 		msg += fmt.Sprintf("; IPv6 not handled: %v", err)
 	}
 	return k, msg, nil
+}
+
+// Close releases what NewNetfilterKernel opened (the ipset netlink sockets).
+func (k NetfilterKernel) Close() error {
+	if c, ok := k.Ipset.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // unameRelease returns the running kernel's release.
@@ -375,6 +388,49 @@ func (n *netfilter) writeEntry(ctx context.Context, set string, e IPSetEntry, ad
 	return errs
 }
 
+// ipsetBatchEntries is how many entries addEntries hands to one
+// IpsetBatcher call (which splits them further to fit its requests).
+const ipsetBatchEntries = 1000
+
+// addEntries adds entries to set and records them in the cache: in batches
+// when the Ipset takes them (one request per batch instead of one per
+// entry), one by one otherwise and for a batch that failed, so that the
+// error names the entry the kernel refused and the others still go in.
+func (n *netfilter) addEntries(ctx context.Context, set string, entries []IPSetEntry, res *NetfilterResult, errs []error) []error {
+	b, ok := n.k.Ipset.(IpsetBatcher)
+	if !ok || len(entries) < 2 {
+		for _, e := range entries {
+			errs = n.writeEntry(ctx, set, e, true, res, errs)
+		}
+		return errs
+	}
+	logger := klog.FromContext(ctx)
+	for chunk := range slices.Chunk(entries, ipsetBatchEntries) {
+		if err := b.AddEntries(ctx, set, chunk); err != nil {
+			logger.V(2).Info("Batched ipset add failed; adding the entries one by one", "set", set, "entries", len(chunk), "err", err)
+			for _, e := range chunk {
+				errs = n.writeEntry(ctx, set, e, true, res, errs)
+			}
+			continue
+		}
+		res.EntriesAdded += len(chunk)
+		obs := n.observed[set]
+		if obs == nil {
+			obs = make(map[IPSetEntry]struct{}, len(chunk))
+			n.observed[set] = obs
+		}
+		for _, e := range chunk {
+			obs[e] = struct{}{}
+		}
+		if v := logger.V(4); v.Enabled() {
+			for _, e := range chunk {
+				v.Info("Ipset entry", "set", set, "entry", e, "add", true)
+			}
+		}
+	}
+	return errs
+}
+
 // keyWanted reports whether set should hold an entry with e's key but
 // another mark.
 func (n *netfilter) keyWanted(set string, e IPSetEntry) bool {
@@ -419,21 +475,29 @@ func (n *netfilter) syncFull(ctx context.Context, effective map[types.Namespaced
 				name, typ, spec.Type, name))
 			continue
 		}
-		obs := make(map[IPSetEntry]struct{}, len(entries))
+		want := n.desired[name]
+		// Sized for what the set holds after the adds: a first sync fills it.
+		obs := make(map[IPSetEntry]struct{}, max(len(entries), len(want)))
 		for _, e := range entries {
 			obs[e] = struct{}{}
 		}
 		n.observed[name] = obs
-		want := n.desired[name]
-		for _, e := range sortedEntries(keysOf(want)) {
+		var missing, extra []IPSetEntry
+		for e := range want {
 			if _, ok := obs[e]; !ok {
-				errs = n.writeEntry(ctx, name, e, true, res, errs)
+				missing = append(missing, e)
 			}
 		}
-		for _, e := range sortedEntries(obs) {
+		for e := range obs {
 			if _, ok := want[e]; !ok {
-				errs = n.writeEntry(ctx, name, e, false, res, errs)
+				extra = append(extra, e)
 			}
+		}
+		slices.SortFunc(missing, compareEntries)
+		slices.SortFunc(extra, compareEntries)
+		errs = n.addEntries(ctx, name, missing, res, errs)
+		for _, e := range extra {
+			errs = n.writeEntry(ctx, name, e, false, res, errs)
 		}
 	}
 	if len(errs) > 0 {
@@ -527,14 +591,6 @@ func sortedSetNames(specs map[string]IPSetSpec) []string {
 	}
 	slices.Sort(names)
 	return names
-}
-
-func keysOf(m map[IPSetEntry]int) map[IPSetEntry]struct{} {
-	out := make(map[IPSetEntry]struct{}, len(m))
-	for k := range m {
-		out[k] = struct{}{}
-	}
-	return out
 }
 
 // joinCapped joins the first maxReportedErrors errors.

@@ -60,6 +60,7 @@ func runCleanup(ctx context.Context, out io.Writer, o cleanupOptions) error {
 	if err != nil {
 		return fmt.Errorf("setting up iptables: %w", err)
 	}
+	defer func() { _ = nk.Close() }()
 	k := proxier.NetfilterCleaner(nk)
 	k.Links = proxier.NewNetlinkAddresses()
 	ipv, err := ipvs.New()

@@ -64,6 +64,7 @@ func run(ctx context.Context, opts *config.Options) error {
 		return fmt.Errorf("setting up iptables: %w", err)
 	}
 	logger.Info("Netfilter", "backend", backend)
+	defer func() { _ = nfk.Close() }()
 
 	state := endpoints.NewState(cfg.NodeName)
 	// kube-proxy's bound: an update not synced within 2 x syncPeriod is unhealthy.
@@ -72,7 +73,12 @@ func run(ctx context.Context, opts *config.Options) error {
 	// without nodePortAddresses, and report the proxy's health with the Service's.
 	hcs := proxier.NewHealthCheckServer(proxier.NetListener{}, nil, func() bool { return health.Report(false).Healthy })
 	defer hcs.Close()
-	p := proxier.New(cfg, state, ipv, proxier.NewNetlinkAddresses(), clock.RealClock{},
+	addrs, err := proxier.OpenNetlinkAddresses()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = addrs.Close() }()
+	p := proxier.New(cfg, state, ipv, addrs, clock.RealClock{},
 		proxier.WithNetfilter(nfk), proxier.WithConntrack(proxier.NewNetlinkConntrack()), proxier.WithHealthCheckServer(hcs))
 	if err := p.Setup(ctx); err != nil {
 		return err
