@@ -239,8 +239,10 @@ func (r *Real) writeService(ctx context.Context, op string, vs VirtualServer, fn
 	if err != nil {
 		return vsError(op, vs.VirtualServerKey, err)
 	}
-	klog.FromContext(ctx).V(4).Info("IPVS write", "op", op, "virtualServer", vs.VirtualServerKey.String(),
-		"scheduler", vs.Scheduler, "flags", uint32(vs.Flags), "timeout", vs.Timeout)
+	if v := klog.FromContext(ctx).V(4); v.Enabled() {
+		v.Info("IPVS write", "op", op, "virtualServer", vs.VirtualServerKey.String(),
+			"scheduler", vs.Scheduler, "flags", uint32(vs.Flags), "timeout", vs.Timeout)
+	}
 	return vsError(op, vs.VirtualServerKey, r.do(ctx, func(h mobyHandle) error { return fn(h, svc) }))
 }
 
@@ -283,8 +285,9 @@ func (r *Real) writeDestination(ctx context.Context, op string, vs VirtualServer
 	if err != nil {
 		return rsError(op, vs, rs.RealServerKey, err)
 	}
-	klog.FromContext(ctx).V(4).Info("IPVS write", "op", op, "virtualServer", vs.String(),
-		"realServer", rs.RealServerKey.String(), "weight", rs.Weight)
+	if v := klog.FromContext(ctx).V(4); v.Enabled() {
+		v.Info("IPVS write", "op", op, "virtualServer", vs.String(), "realServer", rs.RealServerKey.String(), "weight", rs.Weight)
+	}
 	return rsError(op, vs, rs.RealServerKey, r.do(ctx, func(h mobyHandle) error { return fn(h, svc, dst) }))
 }
 

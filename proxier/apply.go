@@ -64,7 +64,9 @@ func Apply(ctx context.Context, plan Plan, ipv ipvs.Interface, addrs Addresses, 
 		if err == nil {
 			res.Counts[op.Kind].Succeeded++
 			observed.record(op)
-			logger.V(4).Info("Applied", "op", op)
+			if v := logger.V(4); v.Enabled() { // boxing op costs an allocation per op otherwise
+				v.Info("Applied", "op", op)
+			}
 			continue
 		}
 		res.Counts[op.Kind].Failed++

@@ -384,7 +384,9 @@ func (n *netfilter) writeEntry(ctx context.Context, set string, e IPSetEntry, ad
 		res.EntriesDeleted++
 		delete(n.observed[set], e)
 	}
-	klog.FromContext(ctx).V(4).Info("Ipset entry", "set", set, "entry", e, "add", add)
+	if v := klog.FromContext(ctx).V(4); v.Enabled() {
+		v.Info("Ipset entry", "set", set, "entry", e, "add", add)
+	}
 	return errs
 }
 

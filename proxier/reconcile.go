@@ -349,18 +349,7 @@ type ReconcileInput struct {
 // servers are deleted at once.
 func Reconcile(in ReconcileInput) Plan {
 	vsKeys, addrs := scopeKeys(in)
-	var addrAdds, vsOps, vsDeletes, addrDeletes []Op
-	var draining []DrainKey
-	for _, k := range vsKeys {
-		want := in.Desired.VirtualServers[k]
-		have := in.Observed.VirtualServers[k]
-		switch {
-		case want != nil && !excluded(k.Address, in.ExcludeCIDRs):
-			vsOps, draining = planVirtualServer(vsOps, draining, want, have, &in)
-		case have != nil && in.Observed.owns(k, in.ExcludeCIDRs):
-			vsDeletes = append(vsDeletes, Op{Kind: OpDeleteVirtualServer, VirtualServer: have.VirtualServer})
-		}
-	}
+	var addrAdds, addrDeletes []Op
 	for _, a := range addrs {
 		_, have := in.Observed.Addresses[a]
 		want := in.Desired.Addresses[a] > 0
@@ -371,9 +360,37 @@ func Reconcile(in ReconcileInput) Plan {
 			addrDeletes = append(addrDeletes, Op{Kind: OpDeleteAddress, Address: a})
 		}
 	}
-	ops := make([]Op, 0, len(addrAdds)+len(vsOps)+len(vsDeletes)+len(addrDeletes))
-	ops = append(append(append(append(ops, addrAdds...), vsOps...), vsDeletes...), addrDeletes...)
+	// The virtual server ops go straight into the plan, which is sized for a
+	// first sync (every wanted virtual server and real server added): a
+	// cold start's plan is allocated once, not grown and copied.
+	var vsDeletes []Op
+	var draining []DrainKey
+	ops := make([]Op, 0, len(addrAdds)+planSize(vsKeys, in)+len(addrDeletes))
+	ops = append(ops, addrAdds...)
+	for _, k := range vsKeys {
+		want := in.Desired.VirtualServers[k]
+		have := in.Observed.VirtualServers[k]
+		switch {
+		case want != nil && !excluded(k.Address, in.ExcludeCIDRs):
+			ops, draining = planVirtualServer(ops, draining, want, have, &in)
+		case have != nil && in.Observed.owns(k, in.ExcludeCIDRs):
+			vsDeletes = append(vsDeletes, Op{Kind: OpDeleteVirtualServer, VirtualServer: have.VirtualServer})
+		}
+	}
+	ops = append(append(ops, vsDeletes...), addrDeletes...)
 	return Plan{Ops: ops, Draining: draining}
+}
+
+// planSize is the number of ops that would add the wanted virtual servers
+// of keys that the kernel lacks, with their real servers.
+func planSize(keys []ipvs.VirtualServerKey, in ReconcileInput) int {
+	n := 0
+	for _, k := range keys {
+		if want := in.Desired.VirtualServers[k]; want != nil && in.Observed.VirtualServers[k] == nil {
+			n += 1 + len(want.RealServers)
+		}
+	}
+	return n
 }
 
 // scopeKeys returns the sorted virtual server keys and addresses to reconcile.
