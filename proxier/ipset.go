@@ -211,6 +211,13 @@ func timeoutSeconds(d time.Duration) uint32 {
 	return uint32(min(max(secs, 0), ipsetMaxTimeout))
 }
 
+// ipsetMaxElements is the maxelem of kipvs's hash sets. The kernel's default,
+// 65536, is less than KIPVS-LOOP-BACK needs with 10,000 Services of 10
+// endpoints on one node: its adds then fail with IPSET_ERR_HASH_FULL (errno
+// 4352, "Hash is full"). A hash set's memory follows its entries, not
+// maxelem. Sets created before keep their maxelem.
+const ipsetMaxElements = 1 << 20
+
 // ipsetMaxTimeout is IPSET_MAX_TIMEOUT, in seconds: (UINT_MAX >> 1) / 1000.
 const ipsetMaxTimeout = 2147483
 
@@ -242,6 +249,8 @@ func (s *NetlinkIpset) Create(ctx context.Context, spec IPSetSpec) error {
 	}
 	if spec.Type == SetTypeBitmapPort {
 		opts = netlink.IpsetCreateOptions{PortFrom: bitmapPortFrom, PortTo: bitmapPortTo}
+	} else {
+		opts.MaxElements = ipsetMaxElements
 	}
 	opts.Skbinfo = spec.Skbinfo
 	if spec.Timeout > 0 {

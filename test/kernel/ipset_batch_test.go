@@ -55,6 +55,10 @@ func TestIPSetBatch(t *testing.T) {
 		{proxier.SetSpec(proxier.SetShortCircuit, false), 1200, func(i int) proxier.IPSetEntry {
 			return proxier.IPSetEntry{IP: v4(i), Protocol: ipvs.SCTP, Port: 80, Mark: 0x2000 + uint32(i)<<4}
 		}},
+		// More than the kernel's default maxelem (65536): Create raises it.
+		{proxier.SetSpec(proxier.SetVIPs, false), 70000, func(i int) proxier.IPSetEntry {
+			return proxier.IPSetEntry{IP: v4(i)}
+		}},
 		{timeoutSpec, 2000, func(i int) proxier.IPSetEntry {
 			return proxier.IPSetEntry{IP: v4(i), Protocol: ipvs.TCP, Port: 80, IP2: v4(i + 1), Timeout: 10 * time.Minute}
 		}},
