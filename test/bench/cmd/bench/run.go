@@ -254,7 +254,7 @@ func (r *runner) write() error {
 		}
 	}
 	if r.base != nil {
-		return results.Write(r.o.out, mergeInto(r.base, r.file))
+		return results.Write(r.o.out, results.Merge(r.base, r.file))
 	}
 	return results.Write(r.o.out, r.file)
 }

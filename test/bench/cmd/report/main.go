@@ -9,13 +9,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/kipvs/kipvs/test/bench/report"
 	"github.com/kipvs/kipvs/test/bench/results"
 )
 
 func main() {
-	in := flag.String("in", "docs/bench/results.json", "results file written by the benchmark runner")
+	in := flag.String("in", "docs/bench/results.json", "results file written by the benchmark runner; several, comma-separated, are folded left to right with results.Merge (a later file's measurements replace an earlier one's)")
 	md := flag.String("md", "BENCHMARKS.md", "Markdown file to write")
 	plots := flag.String("plots", "docs/bench", "directory for the PNG plots")
 	gobench := flag.String("gobench", "", "optional `go test -bench -benchmem` output for the Micro-benchmarks section")
@@ -28,11 +29,19 @@ func main() {
 }
 
 func run(in, md, plotDir, gobench, analysis string) error {
-	f, err := results.Read(in)
-	if err != nil {
-		return err
+	var f *results.File
+	for _, path := range strings.Split(in, ",") {
+		g, err := results.Read(path)
+		if err != nil {
+			return err
+		}
+		if f == nil {
+			f = g
+		} else {
+			f = results.Merge(f, g)
+		}
 	}
-	opt := report.Options{Source: filepath.ToSlash(in)}
+	opt := report.Options{Source: filepath.ToSlash(strings.ReplaceAll(in, ",", " + "))}
 	if gobench != "" {
 		r, err := os.Open(gobench)
 		if err != nil {

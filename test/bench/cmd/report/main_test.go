@@ -65,3 +65,31 @@ func TestRunMissingInput(t *testing.T) {
 		t.Errorf("run with a missing results file wrote the Markdown (stat: %v)", err)
 	}
 }
+
+func TestRunMergesInputs(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, version string, v float64, n int) string {
+		p := filepath.Join(dir, name)
+		f := &results.File{KipvsVersion: version, Runs: 1, Scenarios: []results.Scenario{{
+			ID: results.ColdStart, Title: "Cold start", Measurements: []results.Measurement{
+				{Proxy: results.Kipvs, Services: n, EndpointsPerService: 10, Metric: results.Seconds, Values: []float64{v}},
+			},
+		}}}
+		if err := results.Write(p, f); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	a, b := file("a.json", "old", 9, 1000), file("b.json", "new", 2, 1000)
+	md := filepath.Join(dir, "BENCHMARKS.md")
+	if err := run(a+","+b, md, dir, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.ReadFile(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "| 1,000 × 10 | 2.00 s |") || strings.Contains(string(out), "9.00 s") {
+		t.Errorf("the later file's figure does not replace the earlier one's:\n%s", out)
+	}
+}

@@ -1,19 +1,17 @@
-package main
+package results
 
 import (
 	"fmt"
-
-	"github.com/kipvs/kipvs/test/bench/results"
 )
 
-// mergeInto folds the measurements of a new run into base, an earlier results
+// Merge folds the measurements of a new run into base, an earlier results
 // file, for re-running some proxies or scales (say, kipvs after a change)
 // without re-running the rest. A measurement of the new run replaces base's
 // one of the same scenario, proxy, scale and metric; base's others are kept.
 // The direct (no proxy) throughput baseline is a sample per VM, so the new
 // run's values are added to base's. The header says both commands and both
 // kipvs versions, so the file never hides that it comes from two runs.
-func mergeInto(base, run *results.File) *results.File {
+func Merge(base, run *File) *File {
 	out := *run
 	out.Date = base.Date
 	out.Command = base.Command + " && " + run.Command
@@ -35,9 +33,9 @@ func mergeInto(base, run *results.File) *results.File {
 		proxy, metric string
 		services      int
 	}
-	newer := map[string]map[key]results.Measurement{}
+	newer := map[string]map[key]Measurement{}
 	for _, s := range run.Scenarios {
-		newer[s.ID] = map[key]results.Measurement{}
+		newer[s.ID] = map[key]Measurement{}
 		for _, m := range s.Measurements {
 			newer[s.ID][key{m.Proxy, m.Metric, m.Services}] = m
 		}
@@ -54,7 +52,7 @@ func mergeInto(base, run *results.File) *results.File {
 			switch {
 			case !ok:
 				s.Measurements = append(s.Measurements, m)
-			case m.Proxy == results.Direct:
+			case m.Proxy == Direct:
 				m.Values = append(append([]float64{}, m.Values...), nm.Values...)
 				s.Measurements = append(s.Measurements, m)
 			default:
