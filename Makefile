@@ -70,8 +70,14 @@ bench-micro:
 ## bench-report: BENCHMARKS.md and docs/bench/*.png from docs/bench/results.json
 ## (and the micro-benchmarks from docs/bench/gobench.txt and a person's analysis of
 ## the figures from docs/bench/analysis.md, when they exist)
+## docs/bench/results-*.json (runs made with -proxies/-scales subsets, e.g. kipvs
+## re-run after a change) are folded over results.json in name order.
+comma := ,
+empty :=
+space := $(empty) $(empty)
+BENCH_IN ?= $(subst $(space),$(comma),$(strip docs/bench/results.json $(sort $(wildcard docs/bench/results-*.json))))
 bench-report:
-	$(GO) run ./test/bench/cmd/report -in docs/bench/results.json -md BENCHMARKS.md -plots docs/bench \
+	$(GO) run ./test/bench/cmd/report -in $(BENCH_IN) -md BENCHMARKS.md -plots docs/bench \
 		$(if $(wildcard docs/bench/gobench.txt),-gobench docs/bench/gobench.txt) \
 		$(if $(wildcard docs/bench/analysis.md),-analysis docs/bench/analysis.md)
 
