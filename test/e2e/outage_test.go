@@ -160,11 +160,12 @@ func TestAPIServerOutage(t *testing.T) {
 	close(stop)
 	<-load.done
 	ok, fail, errs := load.counts()
+	slowN, slowNotes := load.slowRequests()
 	t.Logf("FIGURES outage: %s outage; detected after %s; /healthz 200 in %d of %d checks; %v full resyncs during it, IPVS lines removed %d, added %d (%q); "+
 		"reconnected %s after the API server returned, changes programmed %s after (%v incremental syncs after reconnecting); "+
-		"requests %d ok / %d failed",
+		"requests %d ok / %d failed (%d slower than %s: %q)",
 		outage, detected.Round(time.Millisecond), healthChecks, healthChecks, fullDuring, len(removed), len(added), added,
-		reconnected.Round(time.Millisecond), programmed.Round(time.Millisecond), syncs, ok, fail)
+		reconnected.Round(time.Millisecond), programmed.Round(time.Millisecond), syncs, ok, fail, slowN, netpod.DefaultTimeout, slowNotes)
 	if fail != 0 || ok < 50 {
 		t.Errorf("request loop: %d succeeded, %d failed, want 0 failures and at least 50 requests: %v", ok, fail, errs)
 	}

@@ -32,11 +32,17 @@ type Conn struct {
 // (normally the root netns) when from is nil. ctx (and DefaultTimeout) bound
 // only the dial, not the Sends.
 func Dial(ctx context.Context, from *Pod, proto string, addr netip.AddrPort) (*Conn, error) {
+	return dialWithin(ctx, from, proto, addr, DefaultTimeout)
+}
+
+// dialWithin is Dial with timeout in place of DefaultTimeout (for the dial and
+// the Conn's Sends).
+func dialWithin(ctx context.Context, from *Pod, proto string, addr netip.AddrPort, timeout time.Duration) (*Conn, error) {
 	proto = strings.ToLower(proto)
 	if proto != TCP && proto != UDP && proto != SCTP {
 		return nil, fmt.Errorf("unknown protocol %q", proto)
 	}
-	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var c net.Conn
 	dial := func() error {
@@ -59,7 +65,7 @@ func Dial(ctx context.Context, from *Pod, proto string, addr netip.AddrPort) (*C
 	if err != nil {
 		return nil, fmt.Errorf("dial %s %s from %s: %w", proto, addr, podName(from), err)
 	}
-	return &Conn{Timeout: DefaultTimeout, c: c, r: bufio.NewReaderSize(c, maxLine), proto: proto}, nil
+	return &Conn{Timeout: timeout, c: c, r: bufio.NewReaderSize(c, maxLine), proto: proto}, nil
 }
 
 // Send sends line (a TCP line or one UDP datagram) and returns the reply
@@ -126,7 +132,14 @@ func (c *Conn) Close() error {
 // Ask sends one request over a new connection (for UDP a new socket, so a new
 // source port) and returns the reply line, bounded by ctx and DefaultTimeout.
 func Ask(ctx context.Context, from *Pod, proto string, addr netip.AddrPort) (string, error) {
-	c, err := Dial(ctx, from, proto, addr)
+	return AskWithin(ctx, from, proto, addr, DefaultTimeout)
+}
+
+// AskWithin is Ask with timeout in place of DefaultTimeout: for request loops
+// that count a request as failed only when a client would give up, not when a
+// SYN had to be sent again (Linux retransmits it after 1 s and 3 s).
+func AskWithin(ctx context.Context, from *Pod, proto string, addr netip.AddrPort, timeout time.Duration) (string, error) {
+	c, err := dialWithin(ctx, from, proto, addr, timeout)
 	if err != nil {
 		return "", err
 	}
